@@ -1,0 +1,61 @@
+"""The `lenet` command: `lenet serve` runs the service; `lenet train` trains a running one."""
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from app.settings import Settings
+
+logger = logging.getLogger("lenet.cli")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the service with uvicorn; command-line options override LENET_ settings."""
+    overrides = {key: value for key, value in vars(args).items() if key in ("host", "port")}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.host_is_loopback and settings.api_token is None:
+        logger.warning(
+            "serving on %s without LENET_API_TOKEN: anyone who can reach this port can train, "
+            "reset or replace the model; set a token before exposing it",
+            settings.host,
+        )
+    from app.main import create_app  # after logging is set up, so start-up logs show
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.timeout_keep_alive,
+        timeout_graceful_shutdown=settings.timeout_graceful_shutdown,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `lenet` argument parser."""
+    parser = argparse.ArgumentParser(prog="lenet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the HTTP service")
+    serve_parser.add_argument("--host", help="address to bind (LENET_HOST, default 127.0.0.1)")
+    serve_parser.add_argument("--port", type=int, help="port (LENET_PORT, default 8000)")
+    serve_parser.set_defaults(handler=serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `lenet` console script."""
+    args = build_parser().parse_args(argv)
+    result: int = args.handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""HTTP plumbing shared by the routes: fast JSON answers, body reading, auth, OpenAPI bodies."""
+
+import hmac
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, TypeAdapter
+
+from app.engine import Engine
+from app.errors import Unauthorized
+from app.settings import Settings
+from app.tensors import Limits, check_json_content_type, parse_json_object
+
+
+class FastJSONResponse(Response):
+    """A JSON answer serialised by orjson, numpy arrays included, without re-validation."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def get_engine(request: Request) -> Engine:
+    """The app's engine."""
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's settings."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_limits(request: Request) -> Limits:
+    """The app's tensor limits."""
+    limits: Limits = request.app.state.limits
+    return limits
+
+
+def require_token(request: Request) -> None:
+    """When LENET_API_TOKEN is set, refuse (401) a request without `Bearer <token>`."""
+    settings = get_settings(request)
+    if settings.api_token is None:
+        return
+    expected = settings.api_token.get_secret_value().encode()
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    # compare_digest runs in time independent of where the strings differ.
+    given = credentials.strip().encode() if scheme.lower() == "bearer" else b""
+    if not hmac.compare_digest(given, expected):
+        raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+
+
+async def read_json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, after the content type check (415) and parse (400)."""
+    check_json_content_type(request.headers.get("content-type"))
+    return parse_json_object(await request.body())
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+LimitsDep = Annotated[Limits, Depends(get_limits)]
+JsonBody = Annotated[dict[str, Any], Depends(read_json_body)]
+AuthDep = Depends(require_token)
+
+COMPONENT_REF = "#/components/schemas/{model}"
+
+# JSON schemas of bodies that routes read themselves (for speed, or for strict JSON-mode
+# validation); `app.main` adds them, with their $defs, to the OpenAPI components.
+DOCUMENTED_BODIES: dict[str, dict[str, Any]] = {}
+
+
+def json_body_doc(
+    schema_source: type[BaseModel] | TypeAdapter[Any], name: str | None = None
+) -> dict[str, Any]:
+    """`openapi_extra` documenting a JSON body that the route reads itself."""
+    if isinstance(schema_source, TypeAdapter):
+        assert name is not None, "a TypeAdapter has no name of its own"
+        schema = schema_source.json_schema(ref_template=COMPONENT_REF)
+    else:
+        name = name or schema_source.__name__
+        schema = schema_source.model_json_schema(ref_template=COMPONENT_REF)
+    DOCUMENTED_BODIES[name] = schema
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": COMPONENT_REF.format(model=name)}}},
+        }
+    }

@@ -1,0 +1,191 @@
+"""Pydantic models of requests and answers, named by role.
+
+The hot routes parse their bodies with `app.tensors` (orjson and vectorised checks) rather than
+with these models, for speed; the models still describe the bodies exactly, so the OpenAPI
+schema, the docs and the tests that fuzz them see the real contract.
+"""
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.optimizers import OptimizerConfig
+
+Number = float
+Image = list[list[Number]]
+NestedImages = Annotated[
+    Image | list[Image] | list[list[Image]],
+    Field(description="[H, W], [N, H, W] or [N, 1, H, W] numbers; other sizes resized to 32x32"),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Base64Tensor(_Strict):
+    """A batch as raw little-endian float32 bytes, base64-encoded."""
+
+    shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=4)]
+    dtype: Literal["float32"] = "float32"
+    data: str
+
+
+class PredictRequest(_Strict):
+    """Exactly one of `inputs` and `tensor`."""
+
+    inputs: NestedImages | None = None
+    tensor: Base64Tensor | None = None
+
+
+class TrainStepRequest(PredictRequest):
+    """A batch, its targets, the loss and an optional one-step learning rate."""
+
+    targets: list[int] | list[Number] | list[list[Number]]
+    loss: Literal["cross_entropy", "mse"] | None = None
+    lr: Annotated[float, Field(gt=0)] | None = None
+
+
+class LossRequest(TrainStepRequest):
+    """As a training step, plus whether to keep gradients and to return the autograd graph."""
+
+    backward: bool = False
+    graph: bool = False
+
+
+class ResetRequest(_Strict):
+    """New initial weights, seeded when `seed` is given."""
+
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
+
+
+class PredictResponse(BaseModel):
+    """Logits, argmax and softmax per image, and the weights that computed them."""
+
+    outputs: list[list[float]]
+    predictions: list[int]
+    probabilities: list[list[float]]
+    version: int
+    step: int
+
+
+class TrainStepResponse(BaseModel):
+    """What one optimizer step did; `loss` is from before the update."""
+
+    loss: float
+    grad_norm: float
+    batch_size: int
+    version: int
+    step: int
+    optimizer: dict[str, Any]
+
+
+class GraphNode(BaseModel):
+    """One autograd node; `param` names the parameter an AccumulateGrad node feeds."""
+
+    id: int
+    name: str
+    next: list[int]
+    param: str | None = None
+
+
+class AutogradGraph(BaseModel):
+    """The graph behind a loss, as `loss.grad_fn.next_functions` walks it."""
+
+    root: int
+    nodes: list[GraphNode]
+
+
+class LossResponse(BaseModel):
+    """A loss without an update."""
+
+    loss: float
+    version: int
+    step: int
+    graph: AutogradGraph | None
+
+
+class Stats(BaseModel):
+    """Summary of a tensor; `std` is unbiased, as torch.std."""
+
+    mean: float
+    std: float
+    min: float
+    max: float
+    norm: float
+
+
+class ParameterReport(BaseModel):
+    """One parameter: shape, statistics, and on request its values and gradient."""
+
+    name: str
+    shape: list[int]
+    numel: int
+    stats: Stats
+    grad_stats: Stats | None
+    values: Any = None
+    grad: Any = None
+
+
+class ParamsResponse(BaseModel):
+    """The parameters asked for."""
+
+    version: int
+    step: int
+    count: int
+    total: int
+    parameters: list[ParameterReport]
+
+
+class LayerInfo(BaseModel):
+    """One module of the network and its output shape for one image."""
+
+    name: str
+    type: str
+    output_shape: list[int]
+    params: int
+
+
+class ModelResponse(BaseModel):
+    """The network as a user sees it."""
+
+    repr: str
+    layers: list[LayerInfo]
+    input_shape: list[int]
+    num_classes: int
+    parameters: int
+    device: str
+    dtype: str
+    version: int
+    step: int
+
+
+class VersionResponse(BaseModel):
+    """The weights' version and step after a change."""
+
+    version: int
+    step: int
+
+
+class CheckpointResponse(BaseModel):
+    """One saved checkpoint."""
+
+    id: str
+    version: int
+    step: int
+    created: str
+
+
+class CheckpointListResponse(BaseModel):
+    """Every checkpoint, newest first."""
+
+    checkpoints: list[CheckpointResponse]
+
+
+class HealthResponse(BaseModel):
+    """Liveness or readiness."""
+
+    status: str
+
+
+OptimizerBody = OptimizerConfig

@@ -1,0 +1,290 @@
+"""Request tensors -> validated torch tensors, with the limits.
+
+This is the hot path of every JSON request, so it avoids Python-level loops over numbers: the
+body is parsed by orjson, nested arrays are checked level by level with C-level `map`/`set`
+calls (types, lengths) and turned into one numpy array; the base64 form skips number parsing
+altogether. Every rejection names what was wrong and, for a limit, the limit.
+"""
+
+import base64
+import binascii
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import torch
+
+from app.errors import BadRequest, InvalidInput, UnsupportedMediaType
+from app.settings import Settings
+from models.lenet import NUM_CLASSES
+
+_NUMBER_TYPES = frozenset({int, float})
+_JSON_TYPE_NAMES = {
+    str: "a string",
+    bool: "a boolean",
+    type(None): "null",
+    dict: "an object",
+    list: "an array",
+    int: "a number",
+    float: "a number",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits of one request's tensors."""
+
+    max_batch_size: int
+    max_image_side: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Limits":
+        """The limits that `settings` configures."""
+        return cls(settings.max_batch_size, settings.max_image_side)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Training targets: class indices (N,) int64 or target vectors (N, 10) float32."""
+
+    values: torch.Tensor
+    kind: Literal["indices", "vectors"]
+
+
+def check_json_content_type(content_type: str | None) -> None:
+    """Refuse (415) a body that is not declared as JSON."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"the body must be application/json, got {media_type or 'no content type'}"
+        )
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Parse a JSON body that must be an object (NaN and Infinity literals are not JSON)."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"the body is not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise InvalidInput(f"the body must be a JSON object, got {_describe(value)}")
+    return value
+
+
+def _describe(value: Any) -> str:
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def reject_unknown_fields(body: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    """Refuse fields we do not read, so a misspelt one is not silently ignored."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown field(s) in {where}: {unknown}; allowed: {sorted(allowed)}")
+
+
+def nested_to_array(value: Any, field: str, max_rank: int) -> np.ndarray:
+    """A rectangular nested JSON array of numbers -> float64 ndarray; no coercion of types."""
+    if not isinstance(value, list):
+        raise InvalidInput(f"{field} must be an array, got {_describe(value)}")
+    shape: list[int] = []
+    arrays: list[list[Any]] = [value]  # every array at the current depth
+    while True:
+        lengths = set(map(len, arrays))
+        if len(lengths) != 1:
+            raise InvalidInput(f"{field} is ragged: arrays at depth {len(shape)} differ in length")
+        length = lengths.pop()
+        if length == 0:
+            raise InvalidInput(f"{field} is empty along dimension {len(shape)}")
+        shape.append(length)
+        if len(shape) > max_rank:
+            raise InvalidInput(f"{field} has more than {max_rank} dimensions")
+        children = list(chain.from_iterable(arrays))
+        child_types = set(map(type, children))
+        if list not in child_types:
+            break
+        if child_types != {list}:
+            raise InvalidInput(f"{field} is ragged: depth {len(shape)} mixes arrays and numbers")
+        arrays = children
+    if not child_types <= _NUMBER_TYPES:
+        bad = sorted(_describe_type(kind) for kind in child_types - _NUMBER_TYPES)
+        raise InvalidInput(f"{field} must hold only numbers, found {', '.join(bad)}")
+    try:
+        array = np.array(children, dtype=np.float64)
+    except OverflowError as error:
+        raise InvalidInput(f"{field} holds a number too large for float32") from error
+    return array.reshape(shape)
+
+
+def _describe_type(kind: type) -> str:
+    return _JSON_TYPE_NAMES.get(kind, kind.__name__)
+
+
+def _finite_float32(array: np.ndarray, field: str) -> np.ndarray:
+    """`array` as float32, refusing values that are not finite once in float32 (1e39, say)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        result = array.astype(np.float32, copy=False)
+    if not np.isfinite(result).all():
+        raise InvalidInput(f"{field} must hold finite float32 values (no NaN, Infinity or >3.4e38)")
+    return result
+
+
+def _images_from_array(array: np.ndarray, field: str, limits: Limits) -> torch.Tensor:
+    """(H, W), (N, H, W) or (N, 1, H, W) -> (N, 1, H, W), checked against the limits."""
+    if array.ndim == 2:
+        array = array[None, None]
+    elif array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim == 4:
+        if array.shape[1] != 1:
+            raise InvalidInput(
+                f"{field}: a rank-4 batch must be [N, 1, H, W] (one channel), got shape "
+                f"{list(array.shape)}"
+            )
+    else:
+        raise InvalidInput(
+            f"{field} must have rank 2 [H, W], 3 [N, H, W] or 4 [N, 1, H, W]; got rank {array.ndim}"
+        )
+    batch, _, height, width = array.shape
+    if batch > limits.max_batch_size:
+        raise InvalidInput(
+            f"{field}: batch of {batch} images is over the limit of {limits.max_batch_size} "
+            "(LENET_MAX_BATCH_SIZE)"
+        )
+    if max(height, width) > limits.max_image_side:
+        raise InvalidInput(
+            f"{field}: image of {height}x{width} is over the side limit of "
+            f"{limits.max_image_side} (LENET_MAX_IMAGE_SIDE)"
+        )
+    if min(batch, height, width) < 1:
+        raise InvalidInput(f"{field} is empty: shape {list(array.shape)}")
+    return torch.from_numpy(np.ascontiguousarray(_finite_float32(array, field)))
+
+
+def images_from_nested(value: Any, limits: Limits, field: str = "inputs") -> torch.Tensor:
+    """The `inputs` form: nested arrays -> (N, 1, H, W) float32."""
+    if isinstance(value, list):
+        # Check the batch size before building anything big from an oversized request.
+        probe: Any = value
+        rank = 0
+        while isinstance(probe, list) and probe:
+            rank += 1
+            probe = probe[0]
+        if rank in (3, 4) and len(value) > limits.max_batch_size:
+            raise InvalidInput(
+                f"{field}: batch of {len(value)} images is over the limit of "
+                f"{limits.max_batch_size} (LENET_MAX_BATCH_SIZE)"
+            )
+    return _images_from_array(nested_to_array(value, field, max_rank=4), field, limits)
+
+
+_TENSOR_FIELDS = frozenset({"shape", "dtype", "data"})
+
+
+def images_from_base64(value: Any, limits: Limits, field: str = "tensor") -> torch.Tensor:
+    """The `tensor` form: {"shape", "dtype": "float32", "data": base64} -> (N, 1, H, W)."""
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{field} must be an object, got {_describe(value)}")
+    reject_unknown_fields(value, _TENSOR_FIELDS, field)
+    shape, dtype, data = value.get("shape"), value.get("dtype", "float32"), value.get("data")
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or any(type(dim) is not int or dim < 0 for dim in shape)
+    ):
+        raise InvalidInput(f"{field}.shape must be a non-empty array of non-negative integers")
+    if dtype != "float32":
+        raise InvalidInput(f'{field}.dtype must be "float32", got {dtype!r}')
+    if not isinstance(data, str):
+        raise InvalidInput(f"{field}.data must be a base64 string, got {_describe(data)}")
+    if len(shape) not in (2, 3, 4):
+        raise InvalidInput(
+            f"{field}.shape must have rank 2 [H, W], 3 [N, H, W] or 4 [N, 1, H, W]; "
+            f"got rank {len(shape)}"
+        )
+    expected = 4 * int(np.prod(shape, dtype=np.int64)) if all(d < 2**31 for d in shape) else -1
+    # The decoded length is known from the text's length: check it before decoding.
+    if expected < 0 or len(data) != 4 * ((expected + 2) // 3):
+        raise InvalidInput(
+            f"{field}.data does not match shape {shape}: expected {expected} bytes of float32 "
+            "as padded base64"
+        )
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise InvalidInput(f"{field}.data is not valid base64: {error}") from error
+    if len(raw) != expected:
+        raise InvalidInput(f"{field}.data holds {len(raw)} bytes; shape {shape} needs {expected}")
+    array = np.frombuffer(raw, dtype="<f4").reshape(shape)
+    return _images_from_array(array, field, limits)
+
+
+def images_from_body(body: dict[str, Any], limits: Limits) -> torch.Tensor:
+    """Exactly one of `inputs` and `tensor` -> (N, 1, H, W) float32."""
+    has_inputs, has_tensor = "inputs" in body, "tensor" in body
+    if has_inputs == has_tensor:
+        raise InvalidInput(
+            "give exactly one of 'inputs' (nested arrays) and 'tensor' (base64 float32), "
+            + ("not both" if has_inputs else "found neither")
+        )
+    if has_inputs:
+        return images_from_nested(body["inputs"], limits)
+    return images_from_base64(body["tensor"], limits)
+
+
+def targets_from_json(value: Any, batch_size: int) -> Targets:
+    """Class indices (N integers 0-9) or target vectors (N x 10 numbers; a length-10 array
+    when N is 1), with no coercion: 3.0 is not a class index."""
+    if value is None:
+        raise InvalidInput("targets are required")
+    array = nested_to_array(value, "targets", max_rank=2)
+    if array.ndim == 1 and array.shape[0] == batch_size and _all_json_integers(value):
+        if array.min() < 0 or array.max() >= NUM_CLASSES:
+            raise InvalidInput(
+                f"targets: class indices must be in 0-{NUM_CLASSES - 1}, got "
+                f"{int(array.min()) if array.min() < 0 else int(array.max())}"
+            )
+        return Targets(torch.from_numpy(array.astype(np.int64)), "indices")
+    if array.ndim == 1 and batch_size == 1 and array.shape[0] == NUM_CLASSES:
+        array = array[None]
+    if array.ndim == 2 and array.shape == (batch_size, NUM_CLASSES):
+        return Targets(torch.from_numpy(_finite_float32(array, "targets")), "vectors")
+    if array.ndim == 1 and array.shape[0] == batch_size:
+        raise InvalidInput("targets: class indices must be JSON integers 0-9 (3, not 3.0)")
+    raise InvalidInput(
+        f"targets must be {batch_size} class indices or a [{batch_size}, {NUM_CLASSES}] array of "
+        f"target vectors; got shape {list(array.shape)}"
+    )
+
+
+def _all_json_integers(value: list[Any]) -> bool:
+    return set(map(type, value)) == {int}
+
+
+def resolve_loss(name: Any, targets: Targets) -> Literal["cross_entropy", "mse"]:
+    """The loss to use: the one named, or cross_entropy for indices and mse for vectors."""
+    if name is None:
+        return "cross_entropy" if targets.kind == "indices" else "mse"
+    if name not in ("cross_entropy", "mse"):
+        raise InvalidInput(f"unknown loss {name!r}; use 'cross_entropy' or 'mse'")
+    if name == "mse" and targets.kind == "indices":
+        raise InvalidInput("the mse loss needs target vectors [N, 10], not class indices")
+    return "mse" if name == "mse" else "cross_entropy"
+
+
+def optional_lr(value: Any) -> float | None:
+    """A per-step learning rate: a JSON number, or absent."""
+    if value is None:
+        return None
+    if type(value) not in _NUMBER_TYPES:
+        raise InvalidInput(f"lr must be a number, got {_describe(value)}")
+    return float(value)
+
+
+def optional_flag(body: dict[str, Any], name: str) -> bool:
+    """A boolean field that defaults to false; no truthy numbers or strings."""
+    value = body.get(name, False)
+    if type(value) is not bool:
+        raise InvalidInput(f"{name} must be true or false, got {_describe(value)}")
+    return value

@@ -1,0 +1,91 @@
+"""Shared fixtures: settings, an in-process client (lifespan runs), and a real server."""
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from tests.server import LiveServer, start_server
+
+# The device the suite runs on: CPU unless LENET_DEVICE says otherwise (e.g. cuda on a GPU box).
+TEST_DEVICE = os.environ.get("LENET_DEVICE", "cpu")
+SEED = 0
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a test: seeded weights, a private checkpoint folder, overrides on top."""
+
+    def factory(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "device": TEST_DEVICE,
+            "seed": SEED,
+            "checkpoint_dir": tmp_path / "checkpoints",
+            "autosave_on_shutdown": False,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return factory
+
+
+@pytest.fixture
+def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
+    """Build in-process clients whose app runs its lifespan; all closed after the test."""
+    clients: list[TestClient] = []
+
+    def factory(**overrides: Any) -> TestClient:
+        client = TestClient(create_app(make_settings(**overrides)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    """An in-process client on a seeded model."""
+    return make_client()
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    """A real uvicorn server on 127.0.0.1, seeded, with its own checkpoint folder."""
+    server = start_server(
+        tmp_path / "logs",
+        seed=SEED,
+        checkpoint_dir=tmp_path / "checkpoints",
+        device=TEST_DEVICE,
+        autosave_on_shutdown="false",
+    )
+    yield server
+    server.stop()
+
+
+def image_batch(n: int, seed: int = 1, side: int = 32) -> np.ndarray:
+    """A reproducible batch (n, 1, side, side) of float32 pixels."""
+    return np.random.default_rng(seed).standard_normal((n, 1, side, side)).astype(np.float32)
+
+
+def local_net(seed: int = SEED) -> torch.nn.Module:
+    """The network a client rebuilds for LENET_SEED=seed: manual_seed, then Net() on the CPU."""
+    from models.lenet import Net
+
+    torch.manual_seed(seed)
+    return Net()
+
+
+def weights_of(client: Any) -> dict[str, np.ndarray]:
+    """The served weights, by name, read through GET /params?values=true."""
+    body = client.get("/params", params={"values": "true"}).json()
+    return {p["name"]: np.asarray(p["values"], dtype=np.float32) for p in body["parameters"]}
