@@ -89,3 +89,26 @@ def weights_of(client: Any) -> dict[str, np.ndarray]:
     """The served weights, by name, read through GET /params?values=true."""
     body = client.get("/params", params={"values": "true"}).json()
     return {p["name"]: np.asarray(p["values"], dtype=np.float32) for p in body["parameters"]}
+
+
+def exported_weights(client: Any) -> dict[str, torch.Tensor]:
+    """The served weights, bit for bit, read through GET /params/export (safetensors)."""
+    from safetensors.torch import load
+
+    response = client.get("/params/export")
+    assert response.status_code == 200, response.text
+    return load(response.content)
+
+
+def snapshot(client: Any) -> tuple[bytes, int, int]:
+    """Weights' bytes, version and step: what a rejected request must leave unchanged."""
+    # The tensors' bytes, not the file's: safetensors orders its metadata header arbitrarily.
+    tensors = exported_weights(client)
+    weights = b"".join(tensors[name].numpy().tobytes() for name in sorted(tensors))
+    model = client.get("/model").json()
+    return weights, model["version"], model["step"]
+
+
+def load_weights(net: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy served weights into a local net."""
+    net.load_state_dict(weights)
