@@ -53,7 +53,7 @@ class PredictionBatcher(Generic[ResultT]):
         self._task = asyncio.create_task(self._loop(), name="lenet-batcher")
 
     async def stop(self) -> None:
-        """Stop the background task; waiting requests get a CancelledError."""
+        """Stop the background task; queued and in-flight requests get a CancelledError."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -61,6 +61,11 @@ class PredictionBatcher(Generic[ResultT]):
             self._task = None
         while not self._queue.empty():
             self._queue.get_nowait().future.cancel()
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch (not counting the one being computed)."""
+        return self._queue.qsize()
 
     @contextlib.contextmanager
     def arriving(self) -> Iterator[None]:
@@ -123,6 +128,11 @@ class PredictionBatcher(Generic[ResultT]):
             started = loop.time()
             try:
                 results = await self._run_batch([item.images for item in live])
+            except asyncio.CancelledError:
+                # Stopped mid-batch: its waiters must not hang on futures nobody will resolve.
+                for item in live:
+                    item.future.cancel()
+                raise
             except Exception as error:  # noqa: BLE001 - each waiter gets the error
                 for item in live:
                     if not item.future.done():

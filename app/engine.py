@@ -151,7 +151,9 @@ class Engine:
         self.steps_refused = 0
         self.ready = False
         self.weights_finite = True
-        self._saved_version = -1
+        # The start-up weights count as saved: they come from a checkpoint or from the seed, so
+        # shutting down without any change writes nothing (and never pins a seed's weights).
+        self._saved_version = 0
         self._model_info: dict[str, Any] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenet-torch")
         self._batcher: PredictionBatcher[Prediction] = PredictionBatcher(
@@ -180,6 +182,9 @@ class Engine:
             except Exception:
                 logger.exception("could not save a checkpoint on shutdown")
         self._executor.shutdown(wait=True)
+        # A fresh executor (it starts no thread until used), so the same app can run its
+        # lifespan again: test clients and fuzzers start and stop one app many times.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenet-torch")
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `fn` on the torch thread and wait for it without blocking the event loop."""
@@ -210,7 +215,15 @@ class Engine:
         """Logits for `images` (N, 1, H, W); batched with concurrent requests."""
         if images.shape[-2:] != INPUT_SHAPE[1:]:
             images = await self._run(resize_images, images)
-        return await self._batcher.submit(images)
+        prediction = await self._batcher.submit(images)
+        # Finite pixels can still overflow float32 inside the network; NaN scores would go out
+        # as JSON nulls, so this request (and only this one in its batch) is refused instead.
+        if not np.isfinite(prediction.logits).all():
+            raise InvalidInput(
+                "the network's outputs are not finite for this input (float32 overflow); "
+                "scale the pixels down"
+            )
+        return prediction
 
     def arriving_prediction(self) -> Any:
         """Context manager marking a prediction request as being read (see app.batching)."""
@@ -303,7 +316,7 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         try:
             loss = self._forward_loss(images, targets, loss_name)
-            loss_value = float(loss)
+            loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise NonFiniteStep(f"the loss is not finite ({loss_value}); nothing was changed")
             loss.backward()  # type: ignore[no-untyped-call]
@@ -389,7 +402,7 @@ class Engine:
     ) -> LossResult:
         with torch.set_grad_enabled(backward or graph):
             loss = self._forward_loss(images, targets, loss_name)
-        loss_value = float(loss)
+        loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise NonFiniteStep(f"the loss is not finite ({loss_value}); nothing was changed")
         graph_json = self._autograd_graph(loss) if graph else None
@@ -427,7 +440,7 @@ class Engine:
 
     def optimizer_public(self, lr_override: float | None = None) -> dict[str, Any]:
         """The optimizer's configuration as GET /optimizer shows it."""
-        config = self.optimizer_config.model_dump(mode="json")
+        config = self.optimizer_config.model_dump()
         if lr_override is not None:
             config["lr"] = lr_override
         return config

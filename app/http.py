@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, TypeAdapter
 
 from app.engine import Engine
@@ -14,10 +14,10 @@ from app.settings import Settings
 from app.tensors import Limits, check_json_content_type, parse_json_object
 
 
-class FastJSONResponse(Response):
-    """A JSON answer serialised by orjson, numpy arrays included, without re-validation."""
+class FastJSONResponse(JSONResponse):
+    """A JSON answer serialised by orjson, numpy arrays included, without re-validation.
 
-    media_type = "application/json"
+    A JSONResponse subclass so that OpenAPI documents the route's `responses` model as JSON."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -60,11 +60,31 @@ async def read_json_body(request: Request) -> dict[str, Any]:
     return parse_json_object(await request.body())
 
 
-EngineDep = Annotated[Engine, Depends(get_engine)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-LimitsDep = Annotated[Limits, Depends(get_limits)]
+# FastAPI runs a plain `def` dependency in its thread pool: two thread hops and GIL hand-offs
+# per request, for a dictionary lookup. These `async def` twins run on the event loop instead.
+
+
+async def _engine_dependency(request: Request) -> Engine:
+    return get_engine(request)
+
+
+async def _settings_dependency(request: Request) -> Settings:
+    return get_settings(request)
+
+
+async def _limits_dependency(request: Request) -> Limits:
+    return get_limits(request)
+
+
+async def _token_dependency(request: Request) -> None:
+    require_token(request)
+
+
+EngineDep = Annotated[Engine, Depends(_engine_dependency)]
+SettingsDep = Annotated[Settings, Depends(_settings_dependency)]
+LimitsDep = Annotated[Limits, Depends(_limits_dependency)]
 JsonBody = Annotated[dict[str, Any], Depends(read_json_body)]
-AuthDep = Depends(require_token)
+AuthDep = Depends(_token_dependency)
 
 COMPONENT_REF = "#/components/schemas/{model}"
 

@@ -1,6 +1,8 @@
 """The application factory: `create_app(settings)` builds the app; `app.main:app` serves it."""
 
+import json
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,11 +16,12 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import metrics
 from app.engine import Engine
 from app.errors import LenetError, Unauthorized
 from app.http import DOCUMENTED_BODIES
 from app.limits import BodyLimitMiddleware
-from app.routes import checkpoints, health, params, predict, training
+from app.routes import checkpoints, health, images, params, predict, training, v2
 from app.settings import Settings, get_settings
 from app.tensors import Limits
 
@@ -40,12 +43,30 @@ def _error_response(
         body = {"error": detail if isinstance(detail, str) else str(detail)}
     else:
         body = {"detail": detail}
+    try:
+        content = orjson.dumps(body)
+    except TypeError:
+        # A validation error can echo input orjson cannot write (bytes of a malformed body,
+        # integers past 64 bits); the standard library writes those, as text where it must.
+        content = json.dumps(body, default=repr).encode()
     return Response(
-        orjson.dumps(body),
+        content,
         status_code,
         headers=dict(headers) if headers else None,
         media_type="application/json",
     )
+
+
+def _allowed_methods(request: Request, headers: Mapping[str, str] | None) -> str:
+    """Every method the app documents for the request's path (Starlette's Allow otherwise)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods.update(method.upper() for method in operations)
+    if not methods:
+        return (headers or {}).get("Allow", "")
+    return ", ".join(sorted(methods))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -66,7 +87,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, StarletteHTTPException)
-        return _error_response(request, error.status_code, error.detail, error.headers)
+        headers = error.headers
+        if error.status_code == 405:
+            # Starlette's Allow lists only the first route that matched the path; a path served
+            # by several routes (GET and PUT /optimizer) must list every method it takes.
+            headers = {**(headers or {}), "Allow": _allowed_methods(request, headers)}
+        return _error_response(request, error.status_code, error.detail, headers)
 
     async def on_unexpected_error(request: Request, error: Exception) -> Response:
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -123,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.limits = Limits.from_settings(settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    metrics.install(app, engine)  # outermost: it also counts what the body limit refuses
     _install_error_handlers(app)
     for router in (
         predict.router,
@@ -130,6 +157,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         params.router,
         checkpoints.router,
         health.router,
+        images.router,
+        v2.router,
+        metrics.router,
     ):
         app.include_router(router)
     if STATIC_DIR.is_dir():

@@ -6,8 +6,8 @@ calls (types, lengths) and turned into one numpy array; the base64 form skips nu
 altogether. Every rejection names what was wrong and, for a limit, the limit.
 """
 
-import base64
 import binascii
+import math
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Literal
@@ -130,7 +130,7 @@ def _finite_float32(array: np.ndarray, field: str) -> np.ndarray:
     return result
 
 
-def _images_from_array(array: np.ndarray, field: str, limits: Limits) -> torch.Tensor:
+def images_from_array(array: np.ndarray, field: str, limits: Limits) -> torch.Tensor:
     """(H, W), (N, H, W) or (N, 1, H, W) -> (N, 1, H, W), checked against the limits."""
     if array.ndim == 2:
         array = array[None, None]
@@ -176,7 +176,7 @@ def images_from_nested(value: Any, limits: Limits, field: str = "inputs") -> tor
                 f"{field}: batch of {len(value)} images is over the limit of "
                 f"{limits.max_batch_size} (LENET_MAX_BATCH_SIZE)"
             )
-    return _images_from_array(nested_to_array(value, field, max_rank=4), field, limits)
+    return images_from_array(nested_to_array(value, field, max_rank=4), field, limits)
 
 
 _TENSOR_FIELDS = frozenset({"shape", "dtype", "data"})
@@ -203,21 +203,23 @@ def images_from_base64(value: Any, limits: Limits, field: str = "tensor") -> tor
             f"{field}.shape must have rank 2 [H, W], 3 [N, H, W] or 4 [N, 1, H, W]; "
             f"got rank {len(shape)}"
         )
-    expected = 4 * int(np.prod(shape, dtype=np.int64)) if all(d < 2**31 for d in shape) else -1
+    expected = 4 * math.prod(shape)  # exact: Python integers do not overflow
     # The decoded length is known from the text's length: check it before decoding.
-    if expected < 0 or len(data) != 4 * ((expected + 2) // 3):
+    if len(data) != 4 * ((expected + 2) // 3):
         raise InvalidInput(
             f"{field}.data does not match shape {shape}: expected {expected} bytes of float32 "
             "as padded base64"
         )
     try:
-        raw = base64.b64decode(data, validate=True)
+        # binascii's strict mode validates in C; base64.b64decode(validate=True) runs a regex
+        # over the text first, which costs more than the decoding for large batches.
+        raw = binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError) as error:
         raise InvalidInput(f"{field}.data is not valid base64: {error}") from error
     if len(raw) != expected:
         raise InvalidInput(f"{field}.data holds {len(raw)} bytes; shape {shape} needs {expected}")
-    array = np.frombuffer(raw, dtype="<f4").reshape(shape)
-    return _images_from_array(array, field, limits)
+    array = np.frombuffer(bytearray(raw), dtype="<f4").reshape(shape)
+    return images_from_array(array, field, limits)
 
 
 def images_from_body(body: dict[str, Any], limits: Limits) -> torch.Tensor:

@@ -1,0 +1,408 @@
+"""The Open Inference Protocol (KServe v2) codec for the model `lenet`: bytes in, bytes out.
+
+A request body is JSON, or, with the binary tensor extension, JSON followed by raw tensor bytes:
+the `Inference-Header-Content-Length` header says how many leading bytes are JSON, and each
+input that declares `parameters.binary_data_size` takes that many of the bytes after it, in
+order. An answer does the same for the outputs requested with `binary_data` (or every output
+when the request sets `binary_data_output`). Tensor `data` in JSON may be flat (row-major) or
+nested. Every rejection is a `BadRequest` (400), as the protocol wants, and names what was wrong.
+No FastAPI here: `app.routes.v2` passes the body and headers in and sends what comes back.
+"""
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.tensors import Limits, images_from_array, nested_to_array
+from models.lenet import INPUT_SHAPE, NUM_CLASSES
+
+MODEL_NAME = "lenet"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+DATATYPE = "FP32"
+PLATFORM = "pytorch"
+EXTENSIONS = ("binary_tensor_data",)
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_MEDIA_TYPE = "application/octet-stream"
+JSON_MEDIA_TYPE = "application/json"
+
+_REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs"})
+_INPUT_FIELDS = frozenset({"name", "shape", "datatype", "parameters", "data"})
+_OUTPUT_FIELDS = frozenset({"name", "parameters"})
+_FLOAT32_BYTES = 4
+
+
+# ------------------------------------------------------------------ documented shapes (OpenAPI)
+
+
+class TensorMetadata(BaseModel):
+    """A tensor's name, datatype and shape; -1 is a dimension of any size."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ServerMetadataResponse(BaseModel):
+    """GET /v2: the server's name, version and protocol extensions."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ModelMetadataResponse(BaseModel):
+    """GET /v2/models/lenet: the model's versions, inputs and outputs."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class LiveResponse(BaseModel):
+    """GET /v2/health/live."""
+
+    live: bool
+
+
+class ReadyResponse(BaseModel):
+    """GET /v2/health/ready."""
+
+    ready: bool
+
+
+class ModelReadyResponse(BaseModel):
+    """GET /v2/models/lenet/ready."""
+
+    name: str
+    ready: bool
+
+
+class ErrorResponse(BaseModel):
+    """Every error on /v2, in the protocol's shape."""
+
+    error: str
+
+
+class InferInputTensor(BaseModel):
+    """The one input: `input`, FP32, [N, 1, 32, 32]; `data` is flat or nested, or absent when
+    `parameters.binary_data_size` places the raw little-endian bytes after the JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = INPUT_NAME
+    shape: list[int]
+    datatype: str = DATATYPE
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferRequestedOutput(BaseModel):
+    """An output to return; `parameters.binary_data: true` returns it as raw bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = OUTPUT_NAME
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(BaseModel):
+    """POST /v2/models/lenet/infer (the JSON part, when the binary extension is used)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="`binary_data_output: true` returns every output as raw bytes"
+    )
+    inputs: list[InferInputTensor]
+    outputs: list[InferRequestedOutput] | None = None
+
+
+class InferOutputTensor(BaseModel):
+    """An output tensor: flat row-major `data`, or `parameters.binary_data_size` raw bytes."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: list[float] | None = None
+
+
+class InferenceResponse(BaseModel):
+    """The answer: `model_version` is the version of the weights that computed it."""
+
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[InferOutputTensor]
+
+
+# ------------------------------------------------------------------ metadata
+
+
+def server_metadata(name: str, version: str) -> dict[str, Any]:
+    """The body of GET /v2."""
+    return {"name": name, "version": version, "extensions": list(EXTENSIONS)}
+
+
+def model_metadata(weights_version: int) -> dict[str, Any]:
+    """The body of GET /v2/models/lenet; the one version is the current weights' version."""
+    return {
+        "name": MODEL_NAME,
+        "versions": [str(weights_version)],
+        "platform": PLATFORM,
+        "inputs": [{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, *INPUT_SHAPE]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": DATATYPE, "shape": [-1, NUM_CLASSES]}],
+    }
+
+
+# ------------------------------------------------------------------ requests
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded inference request: the images and how to answer."""
+
+    images: torch.Tensor  # (N, 1, 32, 32) float32, finite
+    request_id: str | None
+    binary_output: bool
+
+
+def decode_content(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
+    """Undo a gzip or deflate Content-Encoding, refusing more than `max_bytes` once inflated."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(
+            f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none"
+        )
+    # gzip has its own header; "deflate" in HTTP means the zlib format.
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        # A bounded inflate, so a small compressed bomb cannot take the memory.
+        data = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as error:
+        raise BadRequest(f"the body is not valid {encoding} data: {error}") from error
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"the decompressed body is over the limit of {max_bytes} bytes (LENET_MAX_BODY_BYTES)"
+        )
+    if not inflater.eof or inflater.unused_data:
+        raise BadRequest(f"the body is not one complete {encoding} stream")
+    return data
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON part and the binary part of a request body."""
+    if header_length is None:
+        return body, memoryview(b"")
+    text = header_length.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
+    length = int(text)
+    if length > len(body):
+        raise BadRequest(f"{HEADER_LENGTH} is {length} but the body has only {len(body)} bytes")
+    return body[:length], memoryview(body)[length:]
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where} must be a JSON object")
+    return value
+
+
+def _reject_unknown(value: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown field(s) in {where}: {unknown}; allowed: {sorted(allowed)}")
+
+
+def _optional_bool(parameters: dict[str, Any], name: str, where: str) -> bool | None:
+    value = parameters.get(name)
+    if value is not None and type(value) is not bool:
+        raise BadRequest(f"{where}.parameters.{name} must be true or false")
+    return value
+
+
+def _input_shape(value: Any, limits: Limits) -> list[int]:
+    """The declared input shape, which must be [N, 1, 32, 32] with 1 <= N <= the batch limit."""
+    if not isinstance(value, list) or any(type(dim) is not int for dim in value):
+        raise BadRequest(f"input '{INPUT_NAME}': shape must be an array of integers")
+    if len(value) != 4 or value[1:] != list(INPUT_SHAPE) or value[0] < 1:
+        raise BadRequest(
+            f"input '{INPUT_NAME}': shape must be [N, {', '.join(map(str, INPUT_SHAPE))}] with "
+            f"N >= 1, got {value}"
+        )
+    if value[0] > limits.max_batch_size:
+        raise BadRequest(
+            f"input '{INPUT_NAME}': batch of {value[0]} images is over the limit of "
+            f"{limits.max_batch_size} (LENET_MAX_BATCH_SIZE)"
+        )
+    return value
+
+
+def _images_from_json_data(data: Any, shape: list[int], limits: Limits) -> torch.Tensor:
+    """`data` as a flat row-major array or nested to `shape` -> (N, 1, 32, 32)."""
+    field = f"input '{INPUT_NAME}' data"
+    array = nested_to_array(data, field, max_rank=len(shape))
+    count = int(np.prod(shape))
+    if array.ndim == 1 and array.size == count:
+        array = array.reshape(shape)
+    elif list(array.shape) != shape:
+        raise BadRequest(
+            f"{field} has shape {list(array.shape)} ({array.size} values); shape {shape} needs "
+            f"{count} values, flat or nested"
+        )
+    return images_from_array(array, field, limits)
+
+
+def _images_from_binary(chunk: memoryview, shape: list[int], limits: Limits) -> torch.Tensor:
+    """Raw little-endian float32 bytes -> (N, 1, 32, 32)."""
+    # bytearray: a writable copy, because torch refuses to wrap read-only memory.
+    array = np.frombuffer(bytearray(chunk), dtype="<f4").reshape(shape)
+    return images_from_array(array, f"input '{INPUT_NAME}' binary data", limits)
+
+
+def _decode_input(
+    tensor: dict[str, Any], binary: memoryview, limits: Limits
+) -> tuple[torch.Tensor, int]:
+    """One input tensor -> images, and how many bytes of `binary` it used."""
+    _reject_unknown(tensor, _INPUT_FIELDS, "an input")
+    name = tensor.get("name")
+    if name != INPUT_NAME:
+        raise BadRequest(
+            f"unknown input {name!r}; model '{MODEL_NAME}' has one input '{INPUT_NAME}'"
+        )
+    datatype = tensor.get("datatype")
+    if datatype != DATATYPE:
+        raise BadRequest(f"input '{INPUT_NAME}': datatype must be {DATATYPE}, got {datatype!r}")
+    shape = _input_shape(tensor.get("shape"), limits)
+    parameters = _object(tensor.get("parameters", {}), f"input '{INPUT_NAME}' parameters")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        if "data" not in tensor:
+            raise BadRequest(
+                f"input '{INPUT_NAME}' needs 'data' or parameters.binary_data_size "
+                "(the binary tensor extension)"
+            )
+        return _images_from_json_data(tensor["data"], shape, limits), 0
+    if "data" in tensor:
+        raise BadRequest(f"input '{INPUT_NAME}' has both 'data' and a binary_data_size")
+    expected = _FLOAT32_BYTES * int(np.prod(shape))
+    if type(size) is not int or size != expected:
+        raise BadRequest(
+            f"input '{INPUT_NAME}': binary_data_size must be {expected} for shape {shape} in "
+            f"{DATATYPE}, got {size!r}"
+        )
+    if size > len(binary):
+        raise BadRequest(
+            f"input '{INPUT_NAME}': binary_data_size is {size} but only {len(binary)} bytes "
+            f"follow the JSON (see {HEADER_LENGTH})"
+        )
+    return _images_from_binary(binary[:size], shape, limits), size
+
+
+def _binary_output(request: dict[str, Any], parameters: dict[str, Any]) -> bool:
+    """Whether `logits` goes back as raw bytes."""
+    default = bool(_optional_bool(parameters, "binary_data_output", "the request"))
+    outputs = request.get("outputs")
+    if outputs is None:
+        return default
+    if not isinstance(outputs, list):
+        raise BadRequest("outputs must be an array")
+    binary = default
+    for output in outputs:
+        output = _object(output, "each output")
+        _reject_unknown(output, _OUTPUT_FIELDS, "an output")
+        if output.get("name") != OUTPUT_NAME:
+            raise BadRequest(
+                f"unknown output {output.get('name')!r}; model '{MODEL_NAME}' has one output "
+                f"'{OUTPUT_NAME}'"
+            )
+        output_parameters = _object(output.get("parameters", {}), "output parameters")
+        if output_parameters.get("classification"):
+            raise BadRequest("the classification extension is not supported; read 'logits'")
+        chosen = _optional_bool(output_parameters, "binary_data", f"output '{OUTPUT_NAME}'")
+        binary = default if chosen is None else chosen
+    return binary
+
+
+def parse_infer_request(body: bytes, header_length: str | None, limits: Limits) -> InferRequest:
+    """Decode an inference request (JSON, or JSON and binary tensors); 400 on anything wrong."""
+    json_part, binary = _split_body(body, header_length)
+    try:
+        request = orjson.loads(json_part)
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"the inference request is not valid JSON: {error}") from error
+    request = _object(request, "the inference request")
+    _reject_unknown(request, _REQUEST_FIELDS, "the inference request")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest("id must be a string")
+    parameters = _object(request.get("parameters", {}), "the request's parameters")
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        raise BadRequest(f"inputs must be an array of exactly one tensor, '{INPUT_NAME}'")
+    try:
+        images, used = _decode_input(_object(inputs[0], "an input"), binary, limits)
+    except InvalidInput as error:
+        # The shared tensor checks speak 422; the protocol calls every bad input a 400.
+        raise BadRequest(error.detail) from error
+    if used != len(binary):
+        raise BadRequest(
+            f"{len(binary) - used} bytes after the JSON are not claimed by any input's "
+            "binary_data_size"
+        )
+    return InferRequest(images, request_id, _binary_output(request, parameters))
+
+
+# ------------------------------------------------------------------ answers
+
+
+@dataclass(frozen=True)
+class EncodedResponse:
+    """An answer's body, media type and, for binary outputs, the JSON header's length."""
+
+    body: bytes
+    media_type: str
+    header_length: int | None
+
+
+def encode_infer_response(
+    request: InferRequest, logits: np.ndarray, weights_version: int, step: int
+) -> EncodedResponse:
+    """The answer to `request`: logits (N, 10) as JSON `data` or as raw float32 bytes."""
+    output: dict[str, Any] = {
+        "name": OUTPUT_NAME,
+        "datatype": DATATYPE,
+        "shape": list(logits.shape),
+    }
+    raw = b""
+    if request.binary_output:
+        raw = np.ascontiguousarray(logits, dtype="<f4").tobytes()
+        output["parameters"] = {"binary_data_size": len(raw)}
+    else:
+        output["data"] = np.ascontiguousarray(logits).reshape(-1)
+    answer: dict[str, Any] = {
+        "model_name": MODEL_NAME,
+        "model_version": str(weights_version),
+        "parameters": {"step": step},
+        "outputs": [output],
+    }
+    if request.request_id is not None:
+        answer["id"] = request.request_id
+    header = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not request.binary_output:
+        return EncodedResponse(header, JSON_MEDIA_TYPE, None)
+    return EncodedResponse(header + raw, BINARY_MEDIA_TYPE, len(header))

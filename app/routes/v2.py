@@ -1,0 +1,174 @@
+"""The Open Inference Protocol (KServe v2) over REST for the model `lenet`.
+
+Health, server and model metadata, and inference with JSON `data` or the binary tensor
+extension, so that standard v2 clients (tritonclient, KServe's) work unchanged. Every error here
+is `{"error": "..."}` (see `app.main`): bad input 400, an unknown model or version 404. A model
+version is the weights' version: only the current one can be asked for by number.
+"""
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from app import kserve
+from app.engine import Engine
+from app.errors import NotFound
+from app.http import EngineDep, FastJSONResponse, LimitsDep, SettingsDep, json_body_doc
+from app.tensors import Limits
+
+router = APIRouter(prefix="/v2", tags=["v2"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": kserve.ErrorResponse, "description": "bad request"},
+    404: {"model": kserve.ErrorResponse, "description": "unknown model or version"},
+}
+
+MODEL = "/models/{model_name}"
+VERSIONED = "/models/{model_name}/versions/{model_version}"
+
+
+def _check_model(model_name: str, model_version: str | None, current_version: int) -> None:
+    """Refuse (404) a model other than `lenet`, or a version other than the current weights'."""
+    if model_name != kserve.MODEL_NAME:
+        raise NotFound(f"unknown model {model_name!r}; this server serves {kserve.MODEL_NAME!r}")
+    if model_version is not None and model_version != str(current_version):
+        raise NotFound(
+            f"version {model_version!r} of model {kserve.MODEL_NAME!r} is not available; the "
+            f"current version is {current_version} (each change to the weights makes a new one)"
+        )
+
+
+@router.get("/health/live", response_model=kserve.LiveResponse)
+async def server_live() -> dict[str, bool]:
+    """The server is alive."""
+    return {"live": True}
+
+
+@router.get(
+    "/health/ready",
+    response_model=kserve.ReadyResponse,
+    responses={503: {"model": kserve.ReadyResponse, "description": "not ready"}},
+)
+async def server_ready(engine: EngineDep) -> FastJSONResponse:
+    """The model is loaded, answers, and its weights are finite (else 503)."""
+    ready = engine.ready and engine.weights_finite
+    return FastJSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+@router.get("", response_model=kserve.ServerMetadataResponse)
+async def server_metadata(request: Request) -> dict[str, Any]:
+    """The server's name, version and protocol extensions."""
+    return kserve.server_metadata(request.app.title, request.app.version)
+
+
+@router.get(MODEL, response_model=kserve.ModelMetadataResponse, responses={**_ERRORS})
+async def model_metadata(engine: EngineDep, model_name: str) -> dict[str, Any]:
+    """The model's input `input` FP32 [-1, 1, 32, 32] and output `logits` FP32 [-1, 10]."""
+    _check_model(model_name, None, engine.version)
+    return kserve.model_metadata(engine.version)
+
+
+@router.get(VERSIONED, response_model=kserve.ModelMetadataResponse, responses={**_ERRORS})
+async def model_version_metadata(
+    engine: EngineDep, model_name: str, model_version: str
+) -> dict[str, Any]:
+    """The model's metadata, if `model_version` is the current weights' version."""
+    _check_model(model_name, model_version, engine.version)
+    return kserve.model_metadata(engine.version)
+
+
+def _model_ready(engine: Engine, model_name: str, model_version: str | None) -> FastJSONResponse:
+    _check_model(model_name, model_version, engine.version)
+    ready = engine.ready and engine.weights_finite
+    return FastJSONResponse(
+        {"name": kserve.MODEL_NAME, "ready": ready}, status_code=200 if ready else 503
+    )
+
+
+_READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    503: {"model": kserve.ModelReadyResponse, "description": "not ready"},
+}
+
+
+@router.get(MODEL + "/ready", response_model=kserve.ModelReadyResponse, responses=_READY_RESPONSES)
+async def model_ready(engine: EngineDep, model_name: str) -> FastJSONResponse:
+    """The model is ready for inference (else 503)."""
+    return _model_ready(engine, model_name, None)
+
+
+@router.get(
+    VERSIONED + "/ready", response_model=kserve.ModelReadyResponse, responses=_READY_RESPONSES
+)
+async def model_version_ready(
+    engine: EngineDep, model_name: str, model_version: str
+) -> FastJSONResponse:
+    """The model is ready, if `model_version` is the current weights' version."""
+    return _model_ready(engine, model_name, model_version)
+
+
+_INFER_DOC = json_body_doc(kserve.InferenceRequest)
+_INFER_DOC["requestBody"]["content"][kserve.BINARY_MEDIA_TYPE] = {
+    "schema": {"type": "string", "format": "binary"}
+}
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": kserve.InferenceResponse,
+        "description": "logits as JSON, or with binary outputs the JSON header "
+        f"({kserve.HEADER_LENGTH} bytes) followed by raw little-endian float32",
+        "content": {kserve.BINARY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **_ERRORS,
+    413: {"model": kserve.ErrorResponse, "description": "body over LENET_MAX_BODY_BYTES"},
+    415: {"model": kserve.ErrorResponse, "description": "unsupported Content-Encoding"},
+}
+
+
+async def _infer(
+    request: Request,
+    engine: Engine,
+    limits: Limits,
+    max_body_bytes: int,
+    model_name: str,
+    model_version: str | None,
+) -> Response:
+    _check_model(model_name, model_version, engine.version)
+    with engine.arriving_prediction():
+        body = kserve.decode_content(
+            await request.body(), request.headers.get("content-encoding"), max_body_bytes
+        )
+        decoded = kserve.parse_infer_request(
+            body, request.headers.get(kserve.HEADER_LENGTH), limits
+        )
+    prediction = await engine.predict(decoded.images)
+    # The weights may have changed while the request waited: a pinned version must still match.
+    _check_model(model_name, model_version, prediction.version)
+    answer = kserve.encode_infer_response(
+        decoded, prediction.logits, prediction.version, prediction.step
+    )
+    headers = None
+    if answer.header_length is not None:
+        headers = {kserve.HEADER_LENGTH: str(answer.header_length)}
+    return Response(answer.body, media_type=answer.media_type, headers=headers)
+
+
+@router.post(MODEL + "/infer", responses=_INFER_RESPONSES, openapi_extra=_INFER_DOC)
+async def infer(
+    request: Request, engine: EngineDep, limits: LimitsDep, settings: SettingsDep, model_name: str
+) -> Response:
+    """Logits for a batch [N, 1, 32, 32] of FP32 images, as JSON or binary tensors."""
+    return await _infer(request, engine, limits, settings.max_body_bytes, model_name, None)
+
+
+@router.post(VERSIONED + "/infer", responses=_INFER_RESPONSES, openapi_extra=_INFER_DOC)
+async def infer_version(
+    request: Request,
+    engine: EngineDep,
+    limits: LimitsDep,
+    settings: SettingsDep,
+    model_name: str,
+    model_version: str,
+) -> Response:
+    """Inference, if `model_version` is the current weights' version (else 404)."""
+    return await _infer(request, engine, limits, settings.max_body_bytes, model_name, model_version)
