@@ -109,6 +109,11 @@ def _on_device_failure(fn: Callable[P, T]) -> Callable[P, T]:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise DeviceUnavailable("the device ran out of memory; try a smaller batch") from error
+        except RuntimeError as error:
+            # The CPU allocator reports exhaustion as a plain RuntimeError, not OutOfMemoryError.
+            if "can't allocate memory" not in str(error):
+                raise
+            raise DeviceUnavailable("the host ran out of memory; try a smaller batch") from error
 
     return wrapper
 
@@ -192,6 +197,7 @@ class Engine:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     def _load_initial_state(self) -> None:
+        torch.set_num_threads(self.settings.effective_torch_threads)
         if self.device.type == "cuda":
             # Keep float32 semantics on the GPU so answers stay within 1e-4 of the CPU's.
             torch.backends.cuda.matmul.allow_tf32 = False
@@ -335,6 +341,13 @@ class Engine:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
             self.optimizer.step()
+        except BaseException:
+            # A failure mid-update (out of memory, say) must not leave half-stepped weights.
+            self._copy_weights(saved_weights)
+            self.optimizer.state = saved_state
+            self._restore_gradients(previous_gradients)
+            self.steps_refused += 1
+            raise
         finally:
             for group, saved_lr in zip(self.optimizer.param_groups, saved_lrs, strict=True):
                 group["lr"] = saved_lr

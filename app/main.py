@@ -144,6 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=VERSION,
         description="Serve and train the LeNet of PyTorch's Neural Networks tutorial.",
         lifespan=lifespan,
+        # FastAPI's OpenTelemetry hooks look up environment variables on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.engine = engine

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 import torch
 
-from app.errors import BadRequest, InvalidInput, UnsupportedMediaType
+from app.errors import BadRequest, DeviceUnavailable, InvalidInput, UnsupportedMediaType
 from app.settings import Settings
 from models.lenet import NUM_CLASSES
 
@@ -67,6 +67,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as error:
+        if str(error).startswith("Not enough memory"):
+            raise DeviceUnavailable("the host ran out of memory reading the body") from error
         raise BadRequest(f"the body is not valid JSON: {error}") from error
     if not isinstance(value, dict):
         raise InvalidInput(f"the body must be a JSON object, got {_describe(value)}")

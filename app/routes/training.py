@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from app.errors import BadRequest
 from app.http import (
     AuthDep,
     EngineDep,
@@ -39,6 +40,14 @@ router = APIRouter(tags=["training"])
 
 TRAIN_FIELDS = frozenset({"inputs", "tensor", "targets", "loss", "lr"})
 LOSS_FIELDS = TRAIN_FIELDS | {"backward", "graph"}
+
+
+def _as_http_error(error: ValidationError) -> Exception:
+    """Unparseable JSON is 400 as on every route; content errors are FastAPI's 422."""
+    errors = error.errors(include_url=False)
+    if any(item["type"] == "json_invalid" for item in errors):
+        return BadRequest(f"the body is not valid JSON: {errors[0]['msg']}")
+    return RequestValidationError(errors)
 
 
 def _batch_and_targets(body: dict[str, Any], limits: Limits) -> tuple[Any, Targets, Any]:
@@ -102,7 +111,7 @@ async def put_optimizer(request: Request, engine: EngineDep) -> dict[str, Any]:
     try:
         config = optimizer_config_adapter.validate_json(await request.body())
     except ValidationError as error:
-        raise RequestValidationError(error.errors(include_url=False)) from error
+        raise _as_http_error(error) from error
     return await engine.set_optimizer(config)
 
 
@@ -110,7 +119,10 @@ async def put_optimizer(request: Request, engine: EngineDep) -> dict[str, Any]:
     "/reset",
     response_model=VersionResponse,
     dependencies=[AuthDep],
-    openapi_extra=json_body_doc(ResetRequest),
+    # The body is optional: an empty one is a reset without a seed.
+    openapi_extra={
+        "requestBody": {**json_body_doc(ResetRequest)["requestBody"], "required": False}
+    },
 )
 async def reset(request: Request, engine: EngineDep) -> dict[str, int]:
     """New initial weights (seeded as LENET_SEED when `seed` is given), fresh optimizer state."""
@@ -120,5 +132,5 @@ async def reset(request: Request, engine: EngineDep) -> dict[str, int]:
         try:
             seed = ResetRequest.model_validate_json(await request.body(), strict=True).seed
         except ValidationError as error:
-            raise RequestValidationError(error.errors(include_url=False)) from error
+            raise _as_http_error(error) from error
     return await engine.reset(seed)

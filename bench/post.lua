@@ -1,0 +1,18 @@
+-- wrk script: POST the file named by the first script argument as application/json, and print
+-- one JSON line of results (latencies in microseconds) for bench/run.py to read.
+function init(args)
+  local file = assert(io.open(args[1], "rb"))
+  wrk.method = "POST"
+  wrk.body = file:read("*a")
+  wrk.headers["Content-Type"] = "application/json"
+  file:close()
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
+    '"socket_errors": %d, "non_2xx": %d, "timeouts": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write, e.status, e.timeout))
+end

@@ -1,0 +1,633 @@
+"""Benchmark lenet-serve against a naive FastAPI app and LitServe, side by side, in one run.
+
+Starts the three servers on 127.0.0.1 (lenet-serve as `lenet serve`; the naive app with uvicorn;
+LitServe from its own virtualenv, `.venv-bench`), drives each with wrk for a fixed time per
+scenario, interleaving the servers within each round so that they see the same machine, and
+prints medians over the rounds, the ratios the project targets, and a markdown table. It also
+times the same work done in-process with torch (a forward pass at batch 256, an SGD step at
+batch 64) and checks lenet-serve's memory over 10,000 predictions.
+
+Usage: `python bench/run.py [--rounds 3] [--duration 5] [--markdown results.md]`; see --help.
+Everything it sends is bounded in time or count and goes to 127.0.0.1 only.
+"""
+
+import argparse
+import asyncio
+import base64
+import functools
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from models.lenet import build_net  # noqa: E402
+
+SEED = 0
+LUA = ROOT / "bench" / "post.lua"
+LITSERVE_APP = ROOT / "bench" / "litserve_app.py"
+MEMORY_REQUESTS = 10_000
+MEMORY_GROWTH_LIMIT = 0.10
+SERVER_ORDER = ("lenet", "naive", "litserve", "lenet-torch-default")
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    """A server process under test and the URL of its health check."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    ready_path: str
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL on 127.0.0.1."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> None:
+        """Start the process and wait until its health check answers 200."""
+        command = [part.replace("{port}", str(self.port)) for part in self.command]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # so stop() can end LitServe's worker processes too
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        """SIGTERM the process group, then SIGKILL what is left after 15 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def rss_mib(self) -> float:
+        """Resident memory of the server's main process, in MiB."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The environment for a server: ours without LENET_ variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LENET_")}
+    env.update(extra)
+    return env
+
+
+# ----------------------------------------------------------------------------- payloads
+
+
+def json_body(images: np.ndarray, **extra: Any) -> bytes:
+    """`{"inputs": nested arrays}`: float32 pixels written as a client's `tolist()` writes them."""
+    inputs = images[0, 0].tolist() if images.shape[0] == 1 else images.tolist()
+    return json.dumps({"inputs": inputs, **extra}).encode()
+
+
+def base64_body(images: np.ndarray, **extra: Any) -> bytes:
+    """`{"tensor": {"shape", "dtype", "data"}}`: the raw little-endian float32 bytes."""
+    tensor = {
+        "shape": list(images.shape),
+        "dtype": "float32",
+        "data": base64.b64encode(images.astype("<f4").tobytes()).decode(),
+    }
+    return json.dumps({"tensor": tensor, **extra}).encode()
+
+
+def make_payloads(folder: Path) -> dict[str, Path]:
+    """Write every request body to `folder`; names are `<endpoint>_<form>_<images>`."""
+    rng = np.random.default_rng(SEED)
+    one = rng.random((1, 1, 32, 32), dtype=np.float32)
+    many = rng.random((256, 1, 32, 32), dtype=np.float32)
+    train = rng.random((64, 1, 32, 32), dtype=np.float32)
+    targets = rng.integers(0, 10, 64).tolist()
+    bodies = {
+        "predict_json_1": json_body(one),
+        "predict_b64_1": base64_body(one),
+        "predict_json_256": json_body(many),
+        "predict_b64_256": base64_body(many),
+        "train_json_64": json_body(train, targets=targets),
+        "train_b64_64": base64_body(train, targets=targets),
+    }
+    paths = {}
+    for name, body in bodies.items():
+        paths[name] = folder / f"{name}.json"
+        paths[name].write_bytes(body)
+    return paths
+
+
+# ----------------------------------------------------------------------------- load
+
+
+@dataclass(frozen=True)
+class Run:
+    """One wrk run: requests per second and latency percentiles in milliseconds."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def wrk(url: str, body: Path, connections: int, duration: float) -> Run:
+    """POST `body` to `url` over `connections` keep-alive connections for `duration` seconds."""
+    command = [
+        "wrk",
+        "-t1",  # one wrk thread is ample for these rates and leaves the other core to the server
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(LUA),
+        url,
+        "--",
+        str(body),
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
+    line = next((x for x in output.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if output.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed on {url}:\n{output.stdout}\n{output.stderr}")
+    result = json.loads(line[len("RESULT ") :])
+    failures = result["socket_errors"] + result["non_2xx"] + result["timeouts"]
+    if failures or result["requests"] == 0:
+        raise RuntimeError(f"{url} with {body.name} at c={connections}: {result}")
+    return Run(
+        rps=result["requests"] / (result["duration_us"] / 1e6),
+        p50_ms=result["p50_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+    )
+
+
+async def _post_many(port: int, path: str, body: bytes, count: int, connections: int) -> None:
+    """Send `count` POSTs over keep-alive connections; fail on anything but 200."""
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    shares = [count // connections + (i < count % connections) for i in range(connections)]
+
+    async def worker(share: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(share):
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"unexpected answer: {head[:200]!r}")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker(share) for share in shares))
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+def _rate(fn: Callable[[], None], seconds: float) -> float:
+    """Calls of `fn` per second, after a short warm-up, over about `seconds`."""
+    for _ in range(5):
+        fn()
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        fn()
+        calls += 1
+    return calls / elapsed
+
+
+def best_of_threads(measure: Callable[[], float], threads: list[int]) -> tuple[float, int]:
+    """The highest rate `measure` reaches over torch intra-op thread counts, and that count."""
+    default = torch.get_num_threads()
+    results = []
+    for count in dict.fromkeys(threads):
+        torch.set_num_threads(count)
+        results.append((measure(), count))
+    torch.set_num_threads(default)
+    return max(results)
+
+
+def inprocess_forward_rate(batch: int, seconds: float) -> float:
+    """Images per second of `model(x)` at `batch`, under inference_mode."""
+    model = build_net(SEED)
+    images = torch.rand(batch, 1, 32, 32)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(images)
+
+    return _rate(forward, seconds) * batch
+
+
+def inprocess_step_rate(batch: int, seconds: float) -> float:
+    """SGD steps per second (zero_grad, forward, cross_entropy, backward, step) at `batch`."""
+    model = build_net(SEED)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    images = torch.rand(batch, 1, 32, 32)
+    targets = torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(images), targets)
+        loss.backward()
+        optimizer.step()
+
+    return _rate(step, seconds)
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One measured case: a server, an endpoint, a body and a number of connections."""
+
+    key: str
+    server: str
+    path: str
+    payload: str
+    connections: int
+    images: int = 1
+
+
+def plan(servers: list[str]) -> list[Scenario]:
+    """Every scenario, in the order each round runs them (servers interleaved per case)."""
+    scenarios = []
+    for connections in (1, 16, 64):
+        for server in servers:
+            scenarios.append(
+                Scenario(
+                    f"{server} predict json c{connections}",
+                    server,
+                    "/predict",
+                    "predict_json_1",
+                    connections,
+                )
+            )
+        scenarios.append(
+            Scenario(
+                f"lenet predict b64 c{connections}",
+                "lenet",
+                "/predict",
+                "predict_b64_1",
+                connections,
+            )
+        )
+    for form in ("json", "b64"):
+        scenarios.append(
+            Scenario(
+                f"lenet predict {form} 256 images c1",
+                "lenet",
+                "/predict",
+                f"predict_{form}_256",
+                1,
+                256,
+            )
+        )
+    for form in ("json", "b64"):
+        scenarios.append(
+            Scenario(
+                f"lenet train-step {form} 64 c1", "lenet", "/train-step", f"train_{form}_64", 1, 64
+            )
+        )
+    return scenarios
+
+
+def median_run(runs: list[Run]) -> Run:
+    """Medians of each number over the rounds."""
+    return Run(
+        statistics.median(r.rps for r in runs),
+        statistics.median(r.p50_ms for r in runs),
+        statistics.median(r.p99_ms for r in runs),
+    )
+
+
+def device_name() -> str:
+    """What the in-process reference and the servers compute on."""
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {model}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+@contextmanager
+def running(servers: list[Server]) -> Iterator[None]:
+    """Start every server, and stop them all on the way out, whatever happens."""
+    try:
+        for server in servers:
+            print(f"starting {server.name} on {server.url}", flush=True)
+            server.start()
+        yield
+    finally:
+        for server in servers:
+            server.stop()
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported")
+    parser.add_argument("--duration", type=float, default=5, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=float, default=1, help="seconds of warm-up per case")
+    parser.add_argument(
+        "--bench-python",
+        default=str(ROOT / ".venv-bench" / "bin" / "python"),
+        help="python of the virtualenv holding litserve (empty: skip LitServe)",
+    )
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive FastAPI app")
+    parser.add_argument(
+        "--no-thread-comparison",
+        action="store_true",
+        help="skip lenet-serve with torch's default threads",
+    )
+    parser.add_argument("--device", default="cpu", help="LENET_DEVICE for lenet-serve")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 1) - 1),
+        help="OMP_NUM_THREADS for every server (default: one core fewer than the machine has, "
+        "leaving a core to the event loop; 0: torch's own default)",
+    )
+    parser.add_argument("--markdown", type=Path, help="also write the markdown table here")
+    return parser.parse_args()
+
+
+def main() -> int:
+    """Run the benchmark; exit 1 if a server fails or the memory check fails."""
+    args = parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="lenet-bench-"))
+    payloads = make_payloads(work)
+    device = args.device
+    # The same torch threading for every server: torch's default (one thread per core) makes
+    # idle OpenMP workers spin on the core that the event loop needs.
+    threads = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else {}
+    quiet = {"LENET_LOG_LEVEL": "warning", **threads}
+    servers = {
+        "lenet": Server(
+            "lenet-serve",
+            [str(Path(sys.executable).with_name("lenet")), "serve", "--port", "{port}"],
+            base_env(
+                LENET_SEED=str(SEED),
+                LENET_DEVICE=device,
+                LENET_CHECKPOINT_DIR=str(work / "checkpoints"),
+                LENET_AUTOSAVE_ON_SHUTDOWN="false",
+                **quiet,
+            ),
+            "/readyz",
+            work / "lenet.log",
+        )
+    }
+    if not args.no_naive:
+        servers["naive"] = Server(
+            "naive FastAPI",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.naive_app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--workers",
+                "1",
+                "--log-level",
+                "warning",
+            ],
+            base_env(LENET_SEED=str(SEED), **threads),
+            "/openapi.json",
+            work / "naive.log",
+        )
+    if args.bench_python:
+        if not Path(args.bench_python).exists():
+            print(f"{args.bench_python} is missing: `make bench` builds it", file=sys.stderr)
+            return 1
+        servers["litserve"] = Server(
+            "LitServe",
+            [args.bench_python, str(LITSERVE_APP), "{port}"],
+            base_env(LENET_SEED=str(SEED), **threads),
+            "/health",
+            work / "litserve.log",
+        )
+    if threads and not args.no_thread_comparison:
+        # lenet-serve again with torch's default threading, to show what the setting is worth.
+        servers["lenet-torch-default"] = Server(
+            "lenet-serve, torch default threads",
+            servers["lenet"].command,
+            {k: v for k, v in servers["lenet"].env.items() if k != "OMP_NUM_THREADS"},
+            "/readyz",
+            work / "lenet-torch-default.log",
+        )
+
+    # The in-process reference gets the better of the servers' thread count and torch's default.
+    reference_threads = [args.torch_threads or torch.get_num_threads(), torch.get_num_threads()]
+    print(f"device: {device_name()}; server torch threads: {args.torch_threads or 'default'}")
+    scenarios = plan(list(servers))
+    results: dict[str, list[Run]] = {s.key: [] for s in scenarios}
+    forward_rates: list[tuple[float, int]] = []
+    step_rates: list[tuple[float, int]] = []
+    memory: dict[str, float] = {}
+    started = time.monotonic()
+    with running(list(servers.values())):
+        lenet = servers["lenet"]
+        time.sleep(1)
+        memory["idle"] = lenet.rss_mib()
+        print(f"lenet-serve idle RSS {memory['idle']:.1f} MiB; {MEMORY_REQUESTS} predictions...")
+        body = payloads["predict_json_1"].read_bytes()
+        asyncio.run(_post_many(lenet.port, "/predict", body, MEMORY_REQUESTS, 16))
+        memory["after"] = lenet.rss_mib()
+        print(f"lenet-serve RSS after {MEMORY_REQUESTS} predictions {memory['after']:.1f} MiB")
+
+        if args.warmup > 0:
+            for scenario in scenarios:
+                server = servers[scenario.server]
+                wrk(
+                    server.url + scenario.path,
+                    payloads[scenario.payload],
+                    scenario.connections,
+                    args.warmup,
+                )
+        for round_number in range(1, args.rounds + 1):
+            print(f"round {round_number}/{args.rounds}", flush=True)
+            # The in-process references run while the servers sit idle.
+            seconds = args.duration / 2
+            forward = functools.partial(inprocess_forward_rate, 256, seconds)
+            forward_rates.append(best_of_threads(forward, reference_threads))
+            step = functools.partial(inprocess_step_rate, 64, seconds)
+            step_rates.append(best_of_threads(step, reference_threads))
+            for scenario in scenarios:
+                server = servers[scenario.server]
+                run = wrk(
+                    server.url + scenario.path,
+                    payloads[scenario.payload],
+                    scenario.connections,
+                    args.duration,
+                )
+                results[scenario.key].append(run)
+                print(
+                    f"  {scenario.key:<36} {run.rps:9.1f} req/s  p50 {run.p50_ms:8.2f} ms  "
+                    f"p99 {run.p99_ms:8.2f} ms",
+                    flush=True,
+                )
+    medians = {key: median_run(runs) for key, runs in results.items()}
+    forward_rate = statistics.median(rate for rate, _ in forward_rates)
+    step_rate = statistics.median(rate for rate, _ in step_rates)
+    print(f"in-process forward@256 (images/s, threads): {forward_rates}")
+    print(f"in-process SGD step@64 (steps/s, threads): {step_rates}")
+    table = report(
+        medians,
+        forward_rate,
+        step_rate,
+        memory,
+        args,
+        time.monotonic() - started,
+        "litserve" in servers,
+    )
+    print()
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    growth = memory["after"] / memory["idle"] - 1
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if growth <= MEMORY_GROWTH_LIMIT else 1
+
+
+def report(
+    medians: dict[str, Run],
+    forward_rate: float,
+    step_rate: float,
+    memory: dict[str, float],
+    args: argparse.Namespace,
+    elapsed: float,
+    with_litserve: bool,
+) -> str:
+    """The results as markdown: throughput and latency per case, then the targets."""
+    lines = [
+        f"Machine: {device_name()}; lenet-serve on `{args.device}`; torch threads per server: "
+        f"{args.torch_threads or 'default'}. {args.rounds} rounds x {args.duration:g} s per "
+        f"case, medians; wrk -t1; bench took {elapsed:.0f} s.",
+        "",
+        "| case | req/s | images/s | p50 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for scenario in plan([s for s in SERVER_ORDER if f"{s} predict json c1" in medians]):
+        run = medians[scenario.key]
+        lines.append(
+            f"| {scenario.key} | {run.rps:.0f} | {run.rps * scenario.images:.0f} | "
+            f"{run.p50_ms:.2f} | {run.p99_ms:.2f} |"
+        )
+    lines += [
+        f"| in-process forward, batch 256 | | {forward_rate:.0f} | | |",
+        f"| in-process SGD step, batch 64 | {step_rate:.1f} steps/s | {step_rate * 64:.0f} | | |",
+        "",
+        "| target | measured | goal | met |",
+        "| --- | ---: | ---: | :---: |",
+    ]
+
+    def target(name: str, value: float, goal: float, extra: bool = True) -> None:
+        met = "yes" if value >= goal and extra else "no"
+        lines.append(f"| {name} | {value:.2f}x | >= {goal:g}x | {met} |")
+
+    if with_litserve:
+        for form, connections, goal in (("json", 64, 5), ("json", 1, 5), ("b64", 64, 6)):
+            ours = medians[f"lenet predict {form} c{connections}"]
+            theirs = medians[f"litserve predict json c{connections}"]
+            lower_p99 = (
+                ours.p99_ms < theirs.p99_ms if connections == 64 and form == "json" else True
+            )
+            suffix = " (and lower p99)" if connections == 64 and form == "json" else ""
+            target(
+                f"/predict {form} @{connections} vs LitServe JSON{suffix}",
+                ours.rps / theirs.rps,
+                goal,
+                lower_p99,
+            )
+    for form in ("b64", "json"):
+        served = medians[f"lenet predict {form} 256 images c1"].rps * 256
+        target(f"/predict {form}, 256 images, vs in-process forward", served / forward_rate, 0.8)
+    for form, goal in (("b64", 0.7), ("json", 0.35)):
+        served = medians[f"lenet train-step {form} 64 c1"].rps
+        target(f"/train-step {form}, batch 64, vs in-process step", served / step_rate, goal)
+    growth = memory["after"] / memory["idle"] - 1
+    lines += [
+        "",
+        f"Memory: lenet-serve idle RSS {memory['idle']:.1f} MiB, after {MEMORY_REQUESTS:,} "
+        f"predictions {memory['after']:.1f} MiB ({growth:+.1%}; limit +10%: "
+        f"{'met' if growth <= MEMORY_GROWTH_LIMIT else 'NOT met'}).",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
