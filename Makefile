@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint browser bench docker-check clean
+.PHONY: install run test lint browser bench docker-check podman-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ browser:
 test: $(STAMP) browser
 	$(MAKE) lint
 	$(VENV)/bin/pytest
+
+# The container files, checked without a Docker engine (pytest runs the same checks).
+docker-check: $(STAMP)
+	scripts/check_docker.sh
+
+# A real build and run with podman, no Docker engine; root, about 11 minutes the first time.
+podman-smoke:
+	scripts/podman_smoke.sh
 
 # The benchmark: LitServe lives in its own venv so it cannot change the service's dependencies.
 BENCH_VENV ?= .venv-bench
