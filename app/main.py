@@ -112,6 +112,8 @@ def _install_openapi(app: FastAPI) -> None:
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
+            # POST /predict is plain ASGI in front of the router (see app.routes.predict).
+            schema["paths"] = {predict.PREDICT_PATH: predict.openapi_path_item(), **schema["paths"]}
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, body_schema in DOCUMENTED_BODIES.items():
                 body_schema = dict(body_schema)
@@ -150,11 +152,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.limits = Limits.from_settings(settings)
+    # Innermost first: POST /predict is served in front of the router, behind the body limit.
+    app.add_middleware(predict.PredictEndpoint, engine=engine, limits=app.state.limits)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     metrics.install(app, engine)  # outermost: it also counts what the body limit refuses
     _install_error_handlers(app)
     for router in (
-        predict.router,
         training.router,
         params.router,
         checkpoints.router,
