@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.server import LiveServer, start_server
+from tests.server import LiveServer, start_test_server
 
 # The device the suite runs on: CPU unless LENET_DEVICE says otherwise (e.g. cuda on a GPU box).
 TEST_DEVICE = os.environ.get("LENET_DEVICE", "cpu")
@@ -68,13 +68,7 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     """A real uvicorn server on 127.0.0.1, seeded, with its own checkpoint folder."""
-    server = start_server(
-        tmp_path / "logs",
-        seed=SEED,
-        checkpoint_dir=tmp_path / "checkpoints",
-        device=TEST_DEVICE,
-        autosave_on_shutdown="false",
-    )
+    server = start_test_server(tmp_path, seed=SEED, device=TEST_DEVICE)
     yield server
     server.stop()
 
@@ -114,6 +108,21 @@ def snapshot(client: Any) -> tuple[bytes, int, int]:
     weights = b"".join(tensors[name].numpy().tobytes() for name in sorted(tensors))
     model = client.get("/model").json()
     return weights, model["version"], model["step"]
+
+
+def training_state(client: Any) -> tuple[Any, ...]:
+    """Everything a mutating request could change: weights' tensors, version, step, gradients,
+    optimizer and the checkpoint list (tensors, not file bytes: see `snapshot`)."""
+    params = client.get("/params", params={"grads": "true"}).json()
+    tensors = exported_weights(client)
+    return (
+        {name: tensor.numpy().tobytes() for name, tensor in tensors.items()},
+        params["version"],
+        params["step"],
+        [p["grad"] for p in params["parameters"]],
+        client.get("/optimizer").json(),
+        client.get("/checkpoints").json(),
+    )
 
 
 def load_weights(net: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:

@@ -89,3 +89,15 @@ def start_server(log_dir: Path, wait: bool = True, **settings: object) -> LiveSe
             server.stop(signal.SIGKILL)
             raise
     return server
+
+
+def start_test_server(root: Path, **settings: object) -> LiveServer:
+    """A server as tests want one: seeded (0), its checkpoints and logs under `root`, no save on
+    shutdown; keywords override or add LENET_ settings."""
+    values: dict[str, object] = {
+        "seed": 0,
+        "checkpoint_dir": root / "checkpoints",
+        "autosave_on_shutdown": "false",
+    }
+    values.update(settings)
+    return start_server(root / "logs", **values)

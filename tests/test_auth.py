@@ -9,12 +9,11 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from safetensors.numpy import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from app import cli
 from app.settings import Settings
-from tests.conftest import image_batch, local_net
+from tests.conftest import image_batch, local_net, training_state
 
 TOKEN = "s3cret-token-0123456789"
 ONE_IMAGE = image_batch(1)[0, 0].tolist()
@@ -57,21 +56,6 @@ BAD_AUTHORIZATION: list[dict[str, str | bytes]] = [
 ]
 
 
-def _snapshot(client: TestClient) -> tuple[Any, ...]:
-    """Everything a mutating request could change: weights, counters, grads, optimizer, list."""
-    params = client.get("/params", params={"grads": "true"}).json()
-    # Tensors, not the file's bytes: safetensors writes its metadata keys in no fixed order.
-    exported = load_safetensors(client.get("/params/export").content)
-    return (
-        {name: tensor.tobytes() for name, tensor in exported.items()},
-        params["version"],
-        params["step"],
-        [p["grad"] for p in params["parameters"]],
-        client.get("/optimizer").json(),
-        client.get("/checkpoints").json(),
-    )
-
-
 def _call(
     client: TestClient, method: str, path: str, kwargs: dict[str, Any], checkpoint_id: str
 ) -> Any:
@@ -94,7 +78,7 @@ def test_a_missing_or_wrong_token_is_401_and_changes_nothing(
     guarded: tuple[TestClient, str], headers: dict[str, Any]
 ) -> None:
     client, checkpoint_id = guarded
-    before = _snapshot(client)
+    before = training_state(client)
     for method, path, kwargs in MUTATING:
         response = _call(
             client,
@@ -107,7 +91,7 @@ def test_a_missing_or_wrong_token_is_401_and_changes_nothing(
         assert response.headers["www-authenticate"] == "Bearer"
         assert isinstance(response.json()["detail"], str)
         assert TOKEN not in response.text
-    assert _snapshot(client) == before
+    assert training_state(client) == before
 
 
 def test_the_token_opens_every_mutating_request(guarded: tuple[TestClient, str]) -> None:

@@ -18,11 +18,10 @@ import orjson
 import pytest
 import torch
 from PIL import Image
-from safetensors.numpy import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from tests.conftest import image_batch, local_net
-from tests.server import LiveServer, start_server
+from tests.conftest import image_batch, local_net, training_state
+from tests.server import LiveServer, start_test_server
 
 pytestmark = [pytest.mark.server]
 
@@ -277,28 +276,9 @@ def _battery(marker: Path) -> list[tuple[str, str, dict[str, Any]]]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A real server with seeded weights and one training step behind it."""
     root = tmp_path_factory.mktemp("bad-inputs")
-    live = start_server(
-        root / "logs",
-        seed=0,
-        checkpoint_dir=root / "checkpoints",
-        autosave_on_shutdown="false",
-        log_level="warning",
-    )
+    live = start_test_server(root, log_level="warning")
     yield live
     live.stop()
-
-
-def _state(client: Any) -> tuple[Any, ...]:
-    exported = load_safetensors(client.get("/params/export").content)
-    params = client.get("/params", params={"grads": "true"}).json()
-    return (
-        {name: tensor.tobytes() for name, tensor in exported.items()},
-        params["version"],
-        params["step"],
-        [p["grad"] for p in params["parameters"]],
-        client.get("/optimizer").json(),
-        client.get("/checkpoints").json(),
-    )
 
 
 def test_bad_inputs_are_4xx_with_a_json_detail_and_change_nothing(
@@ -311,7 +291,7 @@ def test_bad_inputs_are_4xx_with_a_json_detail_and_change_nothing(
         trained = client.post("/train-step", json={"inputs": IMAGE, "targets": [3]})
         assert trained.status_code == 200
         assert client.post("/checkpoints").status_code == 201
-        before = _state(client)
+        before = training_state(client)
         for method, path, kwargs in battery:
             response = client.request(method, path, **kwargs)
             key = "error" if path.startswith("/v2") else "detail"
@@ -328,7 +308,7 @@ def test_bad_inputs_are_4xx_with_a_json_detail_and_change_nothing(
         assert not failures, f"{len(failures)} of {len(battery)} bad inputs:\n" + "\n".join(
             failures
         )
-        assert _state(client) == before
+        assert training_state(client) == before
         assert client.get("/readyz").status_code == 200
         assert client.post("/predict", json={"inputs": IMAGE}).status_code == 200
     assert server.process.poll() is None

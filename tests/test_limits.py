@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.server import LiveServer, start_server
+from tests.server import LiveServer, start_test_server
 
 pytestmark = [pytest.mark.server]
 
@@ -26,11 +26,8 @@ KEEP_ALIVE_S = 1
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One real server with a small body limit, a concurrency limit and a short keep-alive."""
     root: Path = tmp_path_factory.mktemp("limits")
-    live = start_server(
-        root / "logs",
-        seed=0,
-        checkpoint_dir=root / "checkpoints",
-        autosave_on_shutdown="false",
+    live = start_test_server(
+        root,
         max_body_bytes=BODY_LIMIT,
         limit_concurrency=CONCURRENCY,
         timeout_keep_alive=KEEP_ALIVE_S,

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from tests.conftest import SEED, image_batch, local_net
-from tests.server import LiveServer, start_server
+from tests.server import LiveServer, start_test_server
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -177,11 +177,9 @@ async def _run_load(url: str, log: Log) -> None:
 @pytest.fixture
 def server(tmp_path: Path) -> Any:
     """A real server, seeded, keeping 5 checkpoints (so some restores find theirs pruned)."""
-    live = start_server(
-        tmp_path / "logs",
+    live = start_test_server(
+        tmp_path,
         seed=SEED,
-        checkpoint_dir=tmp_path / "checkpoints",
-        autosave_on_shutdown="false",
         keep_checkpoints=5,
         # Longer than any pause a starved client can take between two requests on a connection,
         # so uvicorn never closes one just as the next request goes out (a client-side race).

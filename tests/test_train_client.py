@@ -12,7 +12,7 @@ from app.cli import main
 from app.datasets import load_digits
 from app.train_client import optimizer_body, scheduled_lr, tensor_field
 from tests.conftest import SEED, TEST_DEVICE
-from tests.server import LiveServer, free_port, start_server
+from tests.server import LiveServer, free_port, start_test_server
 
 TOKEN = "train-client-test-token"
 DIGITS_STEPS_PER_EPOCH = math.ceil(1438 / 32)  # 1438 training images, default batch size 32
@@ -90,14 +90,7 @@ def test_connection_refused_is_a_clear_error(capsys: pytest.CaptureFixture[str])
 def protected_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One seeded, token-protected server shared by this module's end-to-end tests."""
     base = tmp_path_factory.mktemp("train-client")
-    server = start_server(
-        base / "logs",
-        seed=SEED,
-        checkpoint_dir=base / "checkpoints",
-        device=TEST_DEVICE,
-        autosave_on_shutdown="false",
-        api_token=TOKEN,
-    )
+    server = start_test_server(base, seed=SEED, device=TEST_DEVICE, api_token=TOKEN)
     yield server
     server.stop()
 

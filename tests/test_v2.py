@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import SEED, TEST_DEVICE, image_batch
-from tests.server import LiveServer, start_server
+from tests.server import LiveServer, start_test_server
 
 INFER = "/v2/models/lenet/infer"
 
@@ -26,13 +26,7 @@ INFER = "/v2/models/lenet/infer"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One real server for the module's client tests (they do not change the model)."""
     root: Path = tmp_path_factory.mktemp("v2")
-    live = start_server(
-        root / "logs",
-        seed=SEED,
-        checkpoint_dir=root / "checkpoints",
-        device=TEST_DEVICE,
-        autosave_on_shutdown="false",
-    )
+    live = start_test_server(root, seed=SEED, device=TEST_DEVICE)
     yield live
     live.stop()
 

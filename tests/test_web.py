@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import SEED, TEST_DEVICE
-from tests.server import LiveServer, start_server
+from tests.server import LiveServer, start_test_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -44,14 +44,7 @@ pytestmark = [
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One real server for the module, with an API token so the page must send it."""
     root = tmp_path_factory.mktemp("web")
-    live = start_server(
-        root / "logs",
-        seed=SEED,
-        checkpoint_dir=root / "checkpoints",
-        device=TEST_DEVICE,
-        autosave_on_shutdown="false",
-        api_token=TOKEN,
-    )
+    live = start_test_server(root, seed=SEED, device=TEST_DEVICE, api_token=TOKEN)
     yield live
     live.stop()
 
