@@ -197,7 +197,8 @@ class Engine:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     def _load_initial_state(self) -> None:
-        torch.set_num_threads(self.settings.effective_torch_threads)
+        if self.settings.torch_threads is not None:
+            torch.set_num_threads(self.settings.torch_threads)
         if self.device.type == "cuda":
             # Keep float32 semantics on the GPU so answers stay within 1e-4 of the CPU's.
             torch.backends.cuda.matmul.allow_tf32 = False

@@ -2,7 +2,6 @@
 
 import ipaddress
 import logging
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -51,9 +50,8 @@ class Settings(BaseSettings):
     batch_max_images: Annotated[int, Field(ge=1)] = 256
     batch_max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 1.0
 
-    # Threads torch may use for one operation. Unset: all cores but one, which is left to the
-    # event loop; torch's default (every core) makes its idle workers spin on that core and
-    # cut request throughput several times over on small machines (see bench/).
+    # Threads torch may use for one operation; unset, torch's default (one per core). On a host
+    # busy with other work, fewer can pay off: idle OpenMP workers spin on the event loop's core.
     torch_threads: Annotated[int | None, Field(ge=1)] = None
     access_log: bool = False
 
@@ -80,11 +78,6 @@ class Settings(BaseSettings):
         if len(value.get_secret_value()) < 8:
             raise ValueError("api_token must be at least 8 characters")
         return value
-
-    @property
-    def effective_torch_threads(self) -> int:
-        """`torch_threads`, or all cores but one."""
-        return self.torch_threads or max(1, (os.cpu_count() or 1) - 1)
 
     @property
     def host_is_loopback(self) -> bool:

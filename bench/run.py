@@ -412,9 +412,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--torch-threads",
         type=int,
-        default=max(1, (os.cpu_count() or 1) - 1),
-        help="OMP_NUM_THREADS for every server (default: one core fewer than the machine has, "
-        "leaving a core to the event loop; 0: torch's own default)",
+        default=0,
+        help="torch threads for every server (default 0: torch's own default, one per core); "
+        "when set, a fourth server runs lenet-serve with torch's default for comparison",
     )
     parser.add_argument("--markdown", type=Path, help="also write the markdown table here")
     return parser.parse_args()
@@ -429,9 +429,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="lenet-bench-"))
     payloads = make_payloads(work)
     device = args.device
-    # The same torch threading for every server: torch's default (one thread per core) makes
-    # idle OpenMP workers spin on the core that the event loop needs.
-    threads = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else {}
+    # The same torch threading for every server: torch's default unless --torch-threads says
+    # otherwise (on a machine busy with other work, fewer threads than cores can pay off).
+    threads = (
+        {"OMP_NUM_THREADS": str(args.torch_threads), "LENET_TORCH_THREADS": str(args.torch_threads)}
+        if args.torch_threads
+        else {}
+    )
     quiet = {"LENET_LOG_LEVEL": "warning", **threads}
     servers = {
         "lenet": Server(

@@ -19,11 +19,15 @@ TEST_DEVICE = os.environ.get("LENET_DEVICE", "cpu")
 SEED = 0
 
 
+# torch's default intra-op thread count, read before anything changes it.
+DEFAULT_TORCH_THREADS = torch.get_num_threads()
+
+
 @pytest.fixture(autouse=True)
 def same_torch_threads_as_the_server() -> None:
     """Local reference computations use the server's intra-op thread count, so reductions sum
     in the same order and Adam/RMSprop (which amplify tiny gradient differences) compare exactly."""
-    torch.set_num_threads(Settings(_env_file=None).effective_torch_threads)
+    torch.set_num_threads(Settings(_env_file=None).torch_threads or DEFAULT_TORCH_THREADS)
 
 
 @pytest.fixture
