@@ -118,6 +118,21 @@ def test_non_finite_step_is_refused_whole(make_client: Any) -> None:
         torch.testing.assert_close(served[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_lr_1e30_is_refused_by_the_guard_once_the_loss_overflows(make_client: Any) -> None:
+    """lr 1e30 (allowed here) leaves huge but finite weights; the next step's loss is NaN, and
+    that step is refused whole."""
+    client = make_client(max_lr=1e38)
+    images = image_batch(4)
+    first = _step(client, images, [1, 2, 3, 4], lr=1e30)
+    assert first.status_code == 200, first.text
+    before = snapshot(client)
+    second = _step(client, images, [1, 2, 3, 4], lr=1e30)
+    assert second.status_code == 422, second.text
+    assert "not finite" in second.json()["detail"]
+    assert snapshot(client) == before
+    assert client.get("/readyz").status_code == 200
+
+
 def test_extreme_inputs_with_mse_are_refused(client: Any) -> None:
     before = snapshot(client)
     images = np.full((1, 1, 32, 32), 3e38, dtype=np.float32)
