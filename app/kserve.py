@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from app.tensors import Limits, images_from_array, nested_to_array
+from app.tensors import Limits, images_from_array, nested_to_array, reject_unknown_fields
 from models.lenet import INPUT_SHAPE, NUM_CLASSES
 
 MODEL_NAME = "lenet"
@@ -222,12 +222,6 @@ def _object(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _reject_unknown(value: dict[str, Any], allowed: frozenset[str], where: str) -> None:
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise BadRequest(f"unknown field(s) in {where}: {unknown}; allowed: {sorted(allowed)}")
-
-
 def _optional_bool(parameters: dict[str, Any], name: str, where: str) -> bool | None:
     value = parameters.get(name)
     if value is not None and type(value) is not bool:
@@ -278,7 +272,7 @@ def _decode_input(
     tensor: dict[str, Any], binary: memoryview, limits: Limits
 ) -> tuple[torch.Tensor, int]:
     """One input tensor -> images, and how many bytes of `binary` it used."""
-    _reject_unknown(tensor, _INPUT_FIELDS, "an input")
+    reject_unknown_fields(tensor, _INPUT_FIELDS, "an input")
     name = tensor.get("name")
     if name != INPUT_NAME:
         raise BadRequest(
@@ -324,7 +318,7 @@ def _binary_output(request: dict[str, Any], parameters: dict[str, Any]) -> bool:
     binary = default
     for output in outputs:
         output = _object(output, "each output")
-        _reject_unknown(output, _OUTPUT_FIELDS, "an output")
+        reject_unknown_fields(output, _OUTPUT_FIELDS, "an output")
         if output.get("name") != OUTPUT_NAME:
             raise BadRequest(
                 f"unknown output {output.get('name')!r}; model '{MODEL_NAME}' has one output "
@@ -345,8 +339,16 @@ def parse_infer_request(body: bytes, header_length: str | None, limits: Limits) 
         request = orjson.loads(json_part)
     except orjson.JSONDecodeError as error:
         raise BadRequest(f"the inference request is not valid JSON: {error}") from error
+    try:
+        return _parse_request(request, binary, limits)
+    except InvalidInput as error:
+        # The shared tensor checks speak 422; the protocol calls every bad input a 400.
+        raise BadRequest(error.detail) from error
+
+
+def _parse_request(request: Any, binary: memoryview, limits: Limits) -> InferRequest:
     request = _object(request, "the inference request")
-    _reject_unknown(request, _REQUEST_FIELDS, "the inference request")
+    reject_unknown_fields(request, _REQUEST_FIELDS, "the inference request")
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("id must be a string")
@@ -354,11 +356,7 @@ def parse_infer_request(body: bytes, header_length: str | None, limits: Limits) 
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
         raise BadRequest(f"inputs must be an array of exactly one tensor, '{INPUT_NAME}'")
-    try:
-        images, used = _decode_input(_object(inputs[0], "an input"), binary, limits)
-    except InvalidInput as error:
-        # The shared tensor checks speak 422; the protocol calls every bad input a 400.
-        raise BadRequest(error.detail) from error
+    images, used = _decode_input(_object(inputs[0], "an input"), binary, limits)
     if used != len(binary):
         raise BadRequest(
             f"{len(binary) - used} bytes after the JSON are not claimed by any input's "
