@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -32,6 +33,13 @@ class LiveServer:
     def client(self, **kwargs: object) -> httpx.Client:
         """An HTTP client for this server."""
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def connect(self, timeout: float = 30) -> socket.socket:
+        """A raw TCP connection to the server, for requests httpx will not send."""
+        parts = urlsplit(self.url)
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def log(self) -> str:
         """What the server printed so far."""
@@ -101,3 +109,26 @@ def start_test_server(root: Path, **settings: object) -> LiveServer:
     }
     values.update(settings)
     return start_server(root / "logs", **values)
+
+
+def read_http_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response off `sock`: status, headers (lower-case names), body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed before a response: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(status_line.split()[1]), headers, body[:length]

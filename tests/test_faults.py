@@ -9,13 +9,11 @@ import os
 import pickle
 import random
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -28,7 +26,7 @@ from app.checkpoints import META_FILE, OPTIMIZER_FILE, WEIGHTS_FILE, CheckpointS
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import SEED, image_batch, local_net
-from tests.server import LiveServer, start_server
+from tests.server import read_http_response, start_server
 
 ONE_IMAGE = image_batch(1)[0, 0].tolist()
 TRAIN = {"inputs": image_batch(4).tolist(), "targets": [1, 2, 3, 4]}
@@ -184,32 +182,6 @@ def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning(
     assert second.get("/readyz").status_code == 200
 
 
-def _connect(server: LiveServer) -> socket.socket:
-    parts = urlsplit(server.url)
-    return socket.create_connection((parts.hostname, parts.port), timeout=30)
-
-
-def _read_response(sock: socket.socket) -> tuple[int, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a response: {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(head.split()[1]), body
-
-
 @pytest.mark.server
 def test_sigterm_finishes_the_request_in_flight_then_saves_and_exits(tmp_path: Path) -> None:
     checkpoints = tmp_path / "checkpoints"
@@ -222,7 +194,7 @@ def test_sigterm_finishes_the_request_in_flight_then_saves_and_exits(tmp_path: P
     )
     body = json.dumps(TRAIN).encode()
     half = len(body) // 2
-    with _connect(server) as sock:
+    with server.connect() as sock:
         head = (
             "POST /train-step HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
@@ -233,9 +205,9 @@ def test_sigterm_finishes_the_request_in_flight_then_saves_and_exits(tmp_path: P
         time.sleep(1.0)
         assert server.process.poll() is None, "the server quit with a request in flight"
         with pytest.raises(OSError):  # no new connections once shutting down
-            _connect(server).close()
+            server.connect().close()
         sock.sendall(body[half:])
-        status, answer = _read_response(sock)
+        status, _, answer = read_http_response(sock)
     assert status == 200, answer
     assert json.loads(answer)["version"] == 1
     server.process.wait(30)

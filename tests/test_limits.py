@@ -9,11 +9,10 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.server import LiveServer, start_test_server
+from tests.server import LiveServer, read_http_response, start_test_server
 
 pytestmark = [pytest.mark.server]
 
@@ -37,13 +36,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live.stop()
 
 
-def _connect(server: LiveServer) -> socket.socket:
-    parts = urlsplit(server.url)
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
 def _head(method: str, path: str, headers: dict[str, str]) -> bytes:
     lines = [
         f"{method} {path} HTTP/1.1",
@@ -51,29 +43,6 @@ def _head(method: str, path: str, headers: dict[str, str]) -> bytes:
         *(f"{k}: {v}" for k, v in headers.items()),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 response off `sock`: status, headers (lower-case names), body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"connection closed before a response: {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(status_line.split()[1]), headers, body[:length]
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> bool:
@@ -96,7 +65,7 @@ def test_a_declared_length_over_the_limit_is_413_before_any_body_is_sent(
     server: LiveServer,
 ) -> None:
     for path in ("/predict", "/train-step", "/params/import", "/v2/models/lenet/infer"):
-        with _connect(server) as sock:
+        with server.connect(timeout=10) as sock:
             method = "PUT" if path == "/params/import" else "POST"
             started = time.monotonic()
             sock.sendall(
@@ -107,7 +76,7 @@ def test_a_declared_length_over_the_limit_is_413_before_any_body_is_sent(
                 )
             )
             # Not one byte of the terabyte follows: the answer can only come from the headers.
-            status, headers, body = _read_response(sock)
+            status, headers, body = read_http_response(sock)
             assert status == 413, body
             assert time.monotonic() - started < 5
             message = json.loads(body)
@@ -117,7 +86,7 @@ def test_a_declared_length_over_the_limit_is_413_before_any_body_is_sent(
 
 
 def test_a_chunked_body_that_grows_past_the_limit_is_413(server: LiveServer) -> None:
-    with _connect(server) as sock:
+    with server.connect(timeout=10) as sock:
         sock.sendall(
             _head(
                 "POST",
@@ -132,7 +101,7 @@ def test_a_chunked_body_that_grows_past_the_limit_is_413(server: LiveServer) -> 
             sock, f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
         ):
             sent += len(chunk)
-        status, _, body = _read_response(sock)
+        status, _, body = read_http_response(sock)
     assert status == 413, body
     assert str(BODY_LIMIT) in json.loads(body)["detail"]
 
@@ -141,20 +110,20 @@ def test_a_chunked_body_that_grows_past_the_limit_is_413(server: LiveServer) -> 
     "content_length", ["abc", "-1", "1e3", "12x", "0x10", " ", "99999999999999999999999999"]
 )
 def test_a_malformed_content_length_is_400(server: LiveServer, content_length: str) -> None:
-    with _connect(server) as sock:
+    with server.connect(timeout=10) as sock:
         head = _head("POST", "/predict", {"Content-Type": "application/json"})
         head = head[:-2] + f"Content-Length: {content_length}\r\n\r\n".encode()
         _send_quietly(sock, head + b"{}")
         # httptools refuses most of these itself (400, plain text); the app refuses the rest.
-        status, _, _ = _read_response(sock)
+        status, _, _ = read_http_response(sock)
     assert status in (400, 413) if content_length.isdigit() else status == 400
 
 
 def test_two_different_content_lengths_are_400(server: LiveServer) -> None:
-    with _connect(server) as sock:
+    with server.connect(timeout=10) as sock:
         head = _head("POST", "/predict", {"Content-Type": "application/json"})
         _send_quietly(sock, head[:-2] + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}")
-        status, _, _ = _read_response(sock)
+        status, _, _ = read_http_response(sock)
     assert status == 400
 
 
@@ -164,7 +133,7 @@ def test_a_body_exactly_at_the_limit_is_accepted_and_one_more_byte_is_not(
 ) -> None:
     for size, expected in ((BODY_LIMIT, 200), (BODY_LIMIT + 1, 413)):
         body = _predict_body(size)
-        with _connect(server) as sock:
+        with server.connect(timeout=10) as sock:
             if chunked:
                 head = _head(
                     "POST",
@@ -184,16 +153,16 @@ def test_a_body_exactly_at_the_limit_is_accepted_and_one_more_byte_is_not(
                     {"Content-Type": "application/json", "Content-Length": str(len(body))},
                 )
                 _send_quietly(sock, head + body)
-            status, _, answer = _read_response(sock)
+            status, _, answer = read_http_response(sock)
         assert status == expected, (size, chunked, answer[:200])
         if expected == 200:
             assert json.loads(answer)["predictions"]
 
 
 def test_the_keep_alive_timeout_is_the_setting(server: LiveServer) -> None:
-    with _connect(server) as sock:
+    with server.connect(timeout=10) as sock:
         sock.sendall(_head("GET", "/healthz", {}))
-        assert _read_response(sock)[0] == 200
+        assert read_http_response(sock)[0] == 200
         started = time.monotonic()
         sock.settimeout(KEEP_ALIVE_S + 10)
         assert sock.recv(1) == b""  # the server closed the idle connection
@@ -204,7 +173,7 @@ def test_the_keep_alive_timeout_is_the_setting(server: LiveServer) -> None:
 def test_past_the_concurrency_limit_the_answer_is_503(server: LiveServer) -> None:
     # uvicorn counts the connection asking too: with CONCURRENCY - 1 requests in flight (headers
     # sent, body still owed), one more connection makes CONCURRENCY and its request is refused.
-    held = [_connect(server) for _ in range(CONCURRENCY - 1)]
+    held = [server.connect(timeout=10) for _ in range(CONCURRENCY - 1)]
     try:
         for sock in held:
             sock.sendall(
@@ -213,22 +182,22 @@ def test_past_the_concurrency_limit_the_answer_is_503(server: LiveServer) -> Non
                 )
             )
         time.sleep(0.3)  # let the server register every one of them
-        with _connect(server) as extra:
+        with server.connect(timeout=10) as extra:
             extra.sendall(_head("GET", "/healthz", {}))
-            status, _, _ = _read_response(extra)
+            status, _, _ = read_http_response(extra)
         assert status == 503
         for sock in held:  # the held requests still complete normally
             sock.sendall(b"{}")
-            held_status, _, body = _read_response(sock)
+            held_status, _, body = read_http_response(sock)
             assert held_status == 422, body
     finally:
         for sock in held:
             sock.close()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # capacity comes back once they are gone
-        with _connect(server) as sock:
+        with server.connect(timeout=10) as sock:
             sock.sendall(_head("GET", "/healthz", {}))
-            if _read_response(sock)[0] == 200:
+            if read_http_response(sock)[0] == 200:
                 return
         time.sleep(0.1)
     pytest.fail("the server did not accept requests again after the held ones closed")
