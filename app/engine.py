@@ -657,14 +657,6 @@ class Engine:
             "dtype": "float32",
         }
 
-    def state_fingerprint(self) -> bytes:
-        """The weights' raw bytes (for tests and health checks; call from the torch thread)."""
-        return b"".join(p.detach().cpu().numpy().tobytes() for p in self._parameters.values())
-
-    async def weights_bytes(self) -> bytes:
-        """The weights' raw bytes, read between two torch calls."""
-        return await self._run(self.state_fingerprint)
-
 
 def resize_images(images: torch.Tensor) -> torch.Tensor:
     """Resize (N, 1, H, W) to (N, 1, 32, 32), bilinear, as the contract fixes it."""

@@ -23,27 +23,31 @@ class FastJSONResponse(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def get_engine(request: Request) -> Engine:
+# Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in its thread
+# pool, two thread hops and GIL hand-offs per request for a dictionary lookup.
+
+
+async def get_engine(request: Request) -> Engine:
     """The app's engine."""
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's settings."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_limits(request: Request) -> Limits:
+async def get_limits(request: Request) -> Limits:
     """The app's tensor limits."""
     limits: Limits = request.app.state.limits
     return limits
 
 
-def require_token(request: Request) -> None:
+async def require_token(request: Request) -> None:
     """When LENET_API_TOKEN is set, refuse (401) a request without `Bearer <token>`."""
-    settings = get_settings(request)
+    settings: Settings = request.app.state.settings
     if settings.api_token is None:
         return
     expected = settings.api_token.get_secret_value().encode()
@@ -60,31 +64,10 @@ async def read_json_body(request: Request) -> dict[str, Any]:
     return parse_json_object(await request.body())
 
 
-# FastAPI runs a plain `def` dependency in its thread pool: two thread hops and GIL hand-offs
-# per request, for a dictionary lookup. These `async def` twins run on the event loop instead.
-
-
-async def _engine_dependency(request: Request) -> Engine:
-    return get_engine(request)
-
-
-async def _settings_dependency(request: Request) -> Settings:
-    return get_settings(request)
-
-
-async def _limits_dependency(request: Request) -> Limits:
-    return get_limits(request)
-
-
-async def _token_dependency(request: Request) -> None:
-    require_token(request)
-
-
-EngineDep = Annotated[Engine, Depends(_engine_dependency)]
-SettingsDep = Annotated[Settings, Depends(_settings_dependency)]
-LimitsDep = Annotated[Limits, Depends(_limits_dependency)]
-JsonBody = Annotated[dict[str, Any], Depends(read_json_body)]
-AuthDep = Depends(_token_dependency)
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+LimitsDep = Annotated[Limits, Depends(get_limits)]
+AuthDep = Depends(require_token)
 
 COMPONENT_REF = "#/components/schemas/{model}"
 

@@ -9,8 +9,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.optimizers import OptimizerConfig
-
 Number = float
 Image = list[list[Number]]
 NestedImages = Annotated[
@@ -186,6 +184,3 @@ class HealthResponse(BaseModel):
     """Liveness or readiness."""
 
     status: str
-
-
-OptimizerBody = OptimizerConfig
