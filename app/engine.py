@@ -29,7 +29,7 @@ from safetensors.torch import save as save_safetensors
 from app.batching import BatchObserver, PredictionBatcher
 from app.checkpoints import CheckpointError, CheckpointInfo, CheckpointStore, LoadedCheckpoint
 from app.errors import DeviceUnavailable, InvalidInput, NonFiniteStep, NotFound
-from app.optimizers import OptimizerConfig, SGDConfig, build_optimizer, optimizer_config_adapter
+from app.optimizers import OptimizerConfig, SGDConfig, optimizer_config_adapter
 from app.settings import Settings
 from models.lenet import INPUT_SHAPE, LAYER_NAMES, NUM_CLASSES, PARAMETER_NAMES, Net, build_net
 
@@ -81,6 +81,22 @@ class LossResult:
     version: int
     step: int
     graph: dict[str, Any] | None
+
+
+_OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+}
+
+
+def build_optimizer(
+    config: OptimizerConfig, parameters: list[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
+    """The `torch.optim` optimizer that `config` names, over `parameters`, with a fresh state."""
+    hyper_parameters: dict[str, Any] = config.model_dump(exclude={"name"})
+    return _OPTIMIZER_CLASSES[config.name](parameters, **hyper_parameters)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,10 +1,13 @@
-"""Optimizer configurations: what `GET/PUT /optimizer` show and take, and how each becomes the
-`torch.optim` optimizer it names. Defaults are `torch.optim`'s own, so a field left out means
-exactly what it means to PyTorch."""
+"""Optimizer configurations: what `GET/PUT /optimizer` show and take, torch-free.
 
-from typing import Annotated, Any, Literal
+Defaults are `torch.optim`'s own, so a field left out means exactly what it means to PyTorch.
+This module is the one source of the optimizers' names, defaults and the recommended settings
+that the `lenet train` client and the web page start from (served by `GET /optimizers`); it
+imports no torch so that the client can read it. `app.engine` builds the `torch.optim` object.
+"""
 
-import torch
+from typing import Annotated, Any, Literal, get_args
+
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -75,17 +78,42 @@ OptimizerConfig = Annotated[
 ]
 optimizer_config_adapter: TypeAdapter[OptimizerConfig] = TypeAdapter(OptimizerConfig)
 
-_OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
+OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
+OPTIMIZER_NAMES: tuple[OptimizerName, ...] = get_args(OptimizerName)
+CONFIG_CLASSES: dict[str, type[_OptimizerConfig]] = {
+    config.model_fields["name"].default: config
+    for config in (SGDConfig, AdamConfig, AdamWConfig, RMSpropConfig)
+}
+
+# Settings that train LeNet well on scikit-learn's digits, measured (see the README): the
+# `lenet train` client's defaults for each optimizer, and the web page's presets. A preset is a
+# flat PUT /optimizer body; fields left out take torch's defaults.
+TRAIN_CLIENT_DEFAULTS: dict[OptimizerName, dict[str, Any]] = {
+    "sgd": {"name": "sgd", "lr": 0.03, "momentum": 0.9},
+    "adam": {"name": "adam", "lr": 1e-3},
+    "adamw": {"name": "adamw", "lr": 1e-3},
+    "rmsprop": {"name": "rmsprop", "lr": 1e-3, "momentum": 0.0},
+}
+# Adam at 0.001 gets the page's held-out accuracy past 80% within about a hundred steps of 32
+# images; the tutorial's plain SGD at 0.01 barely moves in that time.
+PAGE_PRESETS: dict[str, dict[str, Any]] = {
+    "adam": {"name": "adam", "lr": 0.001},
+    "sgd-momentum": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "sgd": {"name": "sgd", "lr": 0.01},
 }
 
 
-def build_optimizer(
-    config: OptimizerConfig, parameters: list[torch.nn.Parameter]
-) -> torch.optim.Optimizer:
-    """The `torch.optim` optimizer that `config` names, over `parameters`, with a fresh state."""
-    hyper_parameters: dict[str, Any] = config.model_dump(exclude={"name"})
-    return _OPTIMIZER_CLASSES[config.name](parameters, **hyper_parameters)
+def torch_defaults(name: OptimizerName) -> dict[str, Any]:
+    """The hyper-parameters `torch.optim` uses for `name` when none is given."""
+    return CONFIG_CLASSES[name]().model_dump()
+
+
+def catalogue() -> dict[str, Any]:
+    """GET /optimizers: each optimizer's torch defaults, the client's defaults, the presets."""
+    return {
+        "optimizers": [
+            {"name": name, "defaults": torch_defaults(name), "train": TRAIN_CLIENT_DEFAULTS[name]}
+            for name in OPTIMIZER_NAMES
+        ],
+        "presets": PAGE_PRESETS,
+    }

@@ -158,6 +158,21 @@ class ModelResponse(BaseModel):
     step: int
 
 
+class OptimizerEntry(BaseModel):
+    """One optimizer: torch's defaults and the settings `lenet train` starts from."""
+
+    name: str
+    defaults: dict[str, Any]
+    train: dict[str, Any]
+
+
+class OptimizerCatalogue(BaseModel):
+    """GET /optimizers: every optimizer the service builds, and the web page's presets."""
+
+    optimizers: list[OptimizerEntry]
+    presets: dict[str, dict[str, Any]]
+
+
 class VersionResponse(BaseModel):
     """The weights' version and step after a change."""
 

@@ -15,10 +15,11 @@ from app.http import (
     json_body_doc,
     read_json_body,
 )
-from app.optimizers import OptimizerConfig, optimizer_config_adapter
+from app.optimizers import OptimizerConfig, catalogue, optimizer_config_adapter
 from app.schemas import (
     LossRequest,
     LossResponse,
+    OptimizerCatalogue,
     ResetRequest,
     TrainStepRequest,
     TrainStepResponse,
@@ -91,6 +92,12 @@ async def loss(request: Request, engine: EngineDep, limits: LimitsDep) -> FastJS
     images, targets, loss_name = _batch_and_targets(body, limits)
     result = await engine.loss(images, targets.values, loss_name, backward, graph)
     return FastJSONResponse(result.__dict__)
+
+
+@router.get("/optimizers", response_model=OptimizerCatalogue)
+async def list_optimizers() -> dict[str, Any]:
+    """Every optimizer with torch's defaults, `lenet train`'s defaults and the page's presets."""
+    return catalogue()
 
 
 @router.get("/optimizer", response_model=OptimizerConfig)
