@@ -1,5 +1,7 @@
-"""Domain errors. Routes and the engine raise these; one handler in `app.main` turns them into
-HTTP answers, so no module below the routes needs to know about HTTP status codes' wording."""
+"""Domain errors. Routes, the codecs and the engine raise these; `app.http_errors` turns each
+into its HTTP answer in one place, so no module below the routes builds an answer itself."""
+
+from collections.abc import Mapping
 
 
 class LenetError(Exception):
@@ -7,9 +9,10 @@ class LenetError(Exception):
 
     status_code = 400
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers: Mapping[str, str] = headers or {}
 
 
 class BadRequest(LenetError):
@@ -53,6 +56,12 @@ class NonFiniteStep(InvalidInput):
 
 
 class DeviceUnavailable(LenetError):
-    """The device failed (out of memory, say) or the model is not ready yet."""
+    """The device failed (out of memory, say)."""
+
+    status_code = 503
+
+
+class NotReady(LenetError):
+    """The model is not serving: before start-up has finished, or after shutdown began."""
 
     status_code = 503

@@ -5,18 +5,13 @@ a malformed one is 400; a body that arrives without a length (chunked) is counte
 and refused with 413 the moment it passes the limit. A body exactly at the limit is accepted.
 """
 
-from typing import Any
-
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge
+from app.errors import BadRequest, PayloadTooLarge
+from app.http_errors import send_error
 
-
-def error_body(path: str, message: str) -> bytes:
-    """An error body in the shape the route family uses: /v2 speaks KServe, the rest FastAPI."""
-    key = "error" if path == "/v2" or path.startswith("/v2/") else "detail"
-    return orjson.dumps({key: message})
+# The connection cannot be reused: the body the client is still sending was never read.
+_CLOSE = {"Connection": "close"}
 
 
 class BodyLimitMiddleware:
@@ -41,10 +36,12 @@ class BodyLimitMiddleware:
         if declared is not None:
             text = declared.decode("latin-1").strip()
             if not text.isdigit():
-                await self._answer(scope, send, 400, "malformed Content-Length header")
+                await send_error(scope, send, BadRequest("malformed Content-Length header", _CLOSE))
                 return
-            if int(text) > self.max_bytes:
-                await self._answer(scope, send, 413, self._too_large())
+            # Compared by length first: int() refuses texts past 4300 digits (a 500, not a 413).
+            digits = text.lstrip("0") or "0"
+            if len(digits) > len(str(self.max_bytes)) or int(digits) > self.max_bytes:
+                await send_error(scope, send, PayloadTooLarge(self._too_large(), _CLOSE))
                 return
         received = 0
 
@@ -59,14 +56,3 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
-
-    @staticmethod
-    async def _answer(scope: Scope, send: Send, status: int, message: str) -> None:
-        body = error_body(scope.get("path", ""), message)
-        headers: list[Any] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
