@@ -6,82 +6,43 @@ training steps, never during one, so it is computed from exactly one version of 
 training steps, restores and imports never interleave; and the event loop never blocks on torch.
 The price is that torch calls are serialised, which on this small model costs nothing: batching
 (see `app.batching`) keeps the device busy with large forward passes instead.
+
+Every change is all or nothing: `_all_or_nothing` takes a `TrainingSnapshot` first and puts it
+back if anything fails or is refused. What is stateless lives beside the engine: the codec and
+weight checks in `app.tensors`, the graph walk and reports in `app.inspection`.
 """
 
 import asyncio
-import copy
 import functools
 import logging
 import math
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
+from app import inspection
 from app.batching import BatchObserver, PredictionBatcher
 from app.checkpoints import CheckpointError, CheckpointInfo, CheckpointStore, LoadedCheckpoint
-from app.errors import DeviceUnavailable, InvalidInput, NonFiniteStep, NotFound
+from app.errors import DeviceUnavailable, InvalidInput, NonFiniteStep, NotFound, NotReady
 from app.optimizers import OptimizerConfig, SGDConfig, optimizer_config_adapter
+from app.schemas import LossName, LossResponse, TrainStepResponse
 from app.settings import Settings
-from models.lenet import INPUT_SHAPE, LAYER_NAMES, NUM_CLASSES, PARAMETER_NAMES, Net, build_net
+from app.snapshot import Counters, TrainingSnapshot
+from app.tensors import needs_resize, resize_images, save_weights, validate_weights
+from models.lenet import INPUT_SHAPE, PARAMETER_NAMES, Net, build_net
 
 logger = logging.getLogger("lenet.engine")
 
-LossName = Literal["cross_entropy", "mse"]
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Logits, softmax and argmax for a batch, and the weights' version and step behind them."""
-
-    logits: np.ndarray
-    probabilities: np.ndarray
-    predictions: np.ndarray
-    version: int
-    step: int
-
-    def as_json(self) -> dict[str, Any]:
-        """The body of a POST /predict answer."""
-        return {
-            "outputs": self.logits,
-            "predictions": self.predictions,
-            "probabilities": self.probabilities,
-            "version": self.version,
-            "step": self.step,
-        }
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """What one training step did."""
-
-    loss: float
-    grad_norm: float
-    batch_size: int
-    version: int
-    step: int
-    optimizer: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class LossResult:
-    """The loss of a batch without an update, and optionally its autograd graph."""
-
-    loss: float
-    version: int
-    step: int
-    graph: dict[str, Any] | None
-
 
 _OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -97,6 +58,38 @@ def build_optimizer(
     """The `torch.optim` optimizer that `config` names, over `parameters`, with a fresh state."""
     hyper_parameters: dict[str, Any] = config.model_dump(exclude={"name"})
     return _OPTIMIZER_CLASSES[config.name](parameters, **hyper_parameters)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Logits, softmax and argmax for a batch (numpy, sliced per request from one forward pass),
+    and the weights' version and step behind them."""
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    predictions: np.ndarray
+    version: int
+    step: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The body of a POST /predict answer (PredictResponse's fields)."""
+        return {
+            "outputs": self.logits,
+            "predictions": self.predictions,
+            "probabilities": self.probabilities,
+            "version": self.version,
+            "step": self.step,
+        }
+
+    def rows(self, start: int, end: int) -> "Prediction":
+        """The answer for images `start:end` of the batch."""
+        return Prediction(
+            self.logits[start:end],
+            self.probabilities[start:end],
+            self.predictions[start:end],
+            self.version,
+            self.step,
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,26 +127,6 @@ def _on_device_failure(fn: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
-def validate_weights(tensors: Mapping[str, torch.Tensor]) -> None:
-    """Refuse (InvalidInput) anything but LeNet's ten float32 parameters with finite values."""
-    reference = {name: tuple(p.shape) for name, p in Net().named_parameters()}
-    missing = sorted(set(reference) - set(tensors))
-    extra = sorted(set(tensors) - set(reference))
-    if missing or extra:
-        raise InvalidInput(
-            "weights must be exactly the ten LeNet parameters; "
-            f"missing {missing}, unexpected {extra}"
-        )
-    for name, shape in reference.items():
-        tensor = tensors[name]
-        if tensor.dtype != torch.float32:
-            raise InvalidInput(f"{name}: dtype must be float32, got {str(tensor.dtype)[6:]}")
-        if tuple(tensor.shape) != shape:
-            raise InvalidInput(f"{name}: shape must be {list(shape)}, got {list(tensor.shape)}")
-        if not bool(torch.isfinite(tensor).all()):
-            raise InvalidInput(f"{name}: values must be finite")
-
-
 class Engine:
     """Holds one LeNet and everything that changes it; see the module docstring for the rules."""
 
@@ -165,7 +138,7 @@ class Engine:
         self.model = Net()
         self._parameters = dict(self.model.named_parameters())
         self.optimizer_config: OptimizerConfig = SGDConfig(lr=settings.lr)
-        self.optimizer = build_optimizer(self.optimizer_config, list(self._parameters.values()))
+        self.optimizer = self._fresh_optimizer(self.optimizer_config)
         self.version = 0
         self.step = 0
         self.last_loss: float | None = None
@@ -212,6 +185,10 @@ class Engine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
+    async def _network_sized(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` (N, 1, H, W) at the network's 32x32; resizing is torch work, off the loop."""
+        return await self._run(resize_images, images) if needs_resize(images) else images
+
     def _load_initial_state(self) -> None:
         if self.settings.torch_threads is not None:
             torch.set_num_threads(self.settings.torch_threads)
@@ -224,21 +201,23 @@ class Engine:
         self.model.to(self.device)
         for info in self.checkpoints.list():
             try:
-                self._adopt_checkpoint(self.checkpoints.load(info.id), keep_version=True)
+                with self._all_or_nothing():
+                    self._adopt_checkpoint(self.checkpoints.load(info.id), at_start=True)
                 logger.info("loaded checkpoint %s (version %d)", info.id, info.version)
                 break
             except (CheckpointError, InvalidInput) as error:
                 logger.warning("skipping checkpoint %s: %s", info.id, error)
-        self._model_info = self._describe_model()
+        self.weights_finite = self._answers_are_finite()
+        self._model_info = inspection.describe_model(self.model, self.device)
         self._predict_now(torch.zeros(1, *INPUT_SHAPE))  # warm-up: proves the model answers
 
     # ----------------------------------------------------------------- predictions
 
     async def predict(self, images: torch.Tensor) -> Prediction:
         """Logits for `images` (N, 1, H, W); batched with concurrent requests."""
-        if images.shape[-2:] != INPUT_SHAPE[1:]:
-            images = await self._run(resize_images, images)
-        prediction = await self._batcher.submit(images)
+        if not self.ready:
+            raise NotReady("the model is not serving: it is starting or shutting down")
+        prediction = await self._batcher.submit(await self._network_sized(images))
         # Finite pixels can still overflow float32 inside the network; NaN scores would go out
         # as JSON nulls, so this request (and only this one in its batch) is refused instead.
         if not np.isfinite(prediction.logits).all():
@@ -257,20 +236,10 @@ class Engine:
 
     def _predict_split(self, batches: list[torch.Tensor]) -> list[Prediction]:
         whole = self._predict_now(batches[0] if len(batches) == 1 else torch.cat(batches))
-        results, start = [], 0
-        for batch in batches:
-            end = start + batch.shape[0]
-            results.append(
-                Prediction(
-                    whole.logits[start:end],
-                    whole.probabilities[start:end],
-                    whole.predictions[start:end],
-                    whole.version,
-                    whole.step,
-                )
-            )
-            start = end
-        return results
+        ends = np.cumsum([batch.shape[0] for batch in batches]).tolist()
+        return [
+            whole.rows(end - batch.shape[0], end) for batch, end in zip(batches, ends, strict=True)
+        ]
 
     @_on_device_failure
     def _predict_now(self, images: torch.Tensor) -> Prediction:
@@ -286,6 +255,58 @@ class Engine:
         for observer in self.batch_observers:
             observer(images, waits)
 
+    # ----------------------------------------------------------------- all or nothing
+
+    def _counters(self) -> Counters:
+        return Counters(self.version, self.step, self.weights_finite)
+
+    @contextmanager
+    def _all_or_nothing(self, refused_step: bool = False) -> Iterator[None]:
+        """Undo everything the block changed if it raises; `refused_step` counts it."""
+        snapshot = TrainingSnapshot.capture(self._parameters, self.optimizer, self._counters())
+        try:
+            yield
+        except BaseException:
+            snapshot.restore(self._parameters)
+            self.optimizer = snapshot.optimizer
+            counters = snapshot.counters
+            self.version, self.step, self.weights_finite = (
+                counters.version,
+                counters.step,
+                counters.weights_finite,
+            )
+            self.steps_refused += int(refused_step)
+            raise
+
+    def _finite_loss(self, loss: torch.Tensor) -> float:
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteStep(f"the loss is not finite ({value}); nothing was changed")
+        return value
+
+    def _finite_gradient_norm(self) -> float:
+        norm = inspection.global_norm(
+            [p.grad for p in self._parameters.values() if p.grad is not None]
+        )
+        if not math.isfinite(norm):
+            raise NonFiniteStep("the gradients are not finite; nothing was changed")
+        return norm
+
+    def _all_weights_finite(self) -> bool:
+        # The largest magnitude of each tensor (NaN propagates through max), checked at once:
+        # one device sync instead of ten, on the path of every training step.
+        largest = torch._foreach_norm(list(self._parameters.values()), ord=math.inf)
+        return bool(torch.isfinite(torch.stack(largest)).all())
+
+    def _answers_are_finite(self) -> bool:
+        """Finite weights whose answer to a blank image is finite too (weights near float32's
+        limit pass the first test and overflow in every forward pass)."""
+        if not self._all_weights_finite():
+            return False
+        with torch.inference_mode():
+            blank = torch.zeros(1, *INPUT_SHAPE, device=self.device)
+            return bool(torch.isfinite(self.model(blank)).all())
+
     # ----------------------------------------------------------------- training
 
     def check_lr(self, lr: float | None) -> None:
@@ -299,11 +320,10 @@ class Engine:
 
     async def train_step(
         self, images: torch.Tensor, targets: torch.Tensor, loss_name: LossName, lr: float | None
-    ) -> StepResult:
+    ) -> TrainStepResponse:
         """zero_grad -> forward -> loss -> backward -> step, refused whole if anything is NaN."""
         self.check_lr(lr)
-        if images.shape[-2:] != INPUT_SHAPE[1:]:
-            images = await self._run(resize_images, images)
+        images = await self._network_sized(images)
         return await self._run(self._train_step, images, targets, loss_name, lr)
 
     def _forward_loss(
@@ -315,91 +335,42 @@ class Engine:
             return F.mse_loss(outputs, targets)
         return F.cross_entropy(outputs, targets)
 
-    def _gradients(self) -> list[torch.Tensor | None]:
-        return [p.grad for p in self._parameters.values()]
-
-    def _restore_gradients(self, gradients: Sequence[torch.Tensor | None]) -> None:
-        for parameter, gradient in zip(self._parameters.values(), gradients, strict=True):
-            parameter.grad = gradient
-
-    def _gradient_norm(self) -> float:
-        norms = [torch.linalg.vector_norm(g) for g in self._gradients() if g is not None]
-        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
-
-    def _all_weights_finite(self) -> bool:
-        # The largest magnitude of each tensor (NaN propagates through max), checked at once:
-        # one device sync instead of ten, on the path of every training step.
-        largest = torch._foreach_norm(list(self._parameters.values()), ord=math.inf)
-        return bool(torch.isfinite(torch.stack(largest)).all())
-
-    @_on_device_failure
-    def _train_step(
-        self, images: torch.Tensor, targets: torch.Tensor, loss_name: LossName, lr: float | None
-    ) -> StepResult:
-        # zero_grad(set_to_none=True) swaps in new gradient tensors, so the old ones, kept
-        # here by reference, are the exact gradients to put back if the step is refused.
-        previous_gradients = self._gradients()
-        self.optimizer.zero_grad(set_to_none=True)
-        try:
-            loss = self._forward_loss(images, targets, loss_name)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise NonFiniteStep(f"the loss is not finite ({loss_value}); nothing was changed")
-            loss.backward()  # type: ignore[no-untyped-call]
-            grad_norm = self._gradient_norm()
-            if not math.isfinite(grad_norm):
-                raise NonFiniteStep("the gradients are not finite; nothing was changed")
-        except BaseException:
-            self._restore_gradients(previous_gradients)
-            self.steps_refused += 1
-            raise
-        saved_weights = {name: p.detach().clone() for name, p in self._parameters.items()}
-        saved_state = self._copy_optimizer_state()
-        saved_lrs = [group["lr"] for group in self.optimizer.param_groups]
+    def _optimizer_step(self, lr: float | None) -> None:
+        """optimizer.step(), with `lr` for this step only; refused if a weight turns non-finite."""
+        saved = [group["lr"] for group in self.optimizer.param_groups]
         try:
             if lr is not None:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
             self.optimizer.step()
-        except BaseException:
-            # A failure mid-update (out of memory, say) must not leave half-stepped weights.
-            self._copy_weights(saved_weights)
-            self.optimizer.state = saved_state
-            self._restore_gradients(previous_gradients)
-            self.steps_refused += 1
-            raise
         finally:
-            for group, saved_lr in zip(self.optimizer.param_groups, saved_lrs, strict=True):
+            for group, saved_lr in zip(self.optimizer.param_groups, saved, strict=True):
                 group["lr"] = saved_lr
         if not self._all_weights_finite():
-            self._copy_weights(saved_weights)
-            self.optimizer.state = saved_state
-            self._restore_gradients(previous_gradients)
-            self.steps_refused += 1
             raise NonFiniteStep("the step would make weights non-finite; nothing was changed")
         self.version += 1
         self.step += 1
+
+    @_on_device_failure
+    def _train_step(
+        self, images: torch.Tensor, targets: torch.Tensor, loss_name: LossName, lr: float | None
+    ) -> TrainStepResponse:
+        with self._all_or_nothing(refused_step=True):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._forward_loss(images, targets, loss_name)
+            loss_value = self._finite_loss(loss)
+            loss.backward()  # type: ignore[no-untyped-call]
+            grad_norm = self._finite_gradient_norm()
+            self._optimizer_step(lr)
         self.last_loss = loss_value
         self._autosave_if_due()
-        return StepResult(
+        return TrainStepResponse(
             loss=loss_value,
             grad_norm=grad_norm,
             batch_size=int(images.shape[0]),
             version=self.version,
             step=self.step,
             optimizer=self.optimizer_public(lr),
-        )
-
-    def _copy_optimizer_state(self) -> defaultdict[Any, dict[str, Any]]:
-        return defaultdict(
-            dict,
-            {
-                parameter: {
-                    key: value.clone() if isinstance(value, torch.Tensor) else copy.copy(value)
-                    for key, value in state.items()
-                }
-                for parameter, state in self.optimizer.state.items()
-            },
         )
 
     def _autosave_if_due(self) -> None:
@@ -418,10 +389,9 @@ class Engine:
         loss_name: LossName,
         backward: bool,
         graph: bool,
-    ) -> LossResult:
+    ) -> LossResponse:
         """The loss of a batch without an update; gradients kept with `backward`."""
-        if images.shape[-2:] != INPUT_SHAPE[1:]:
-            images = await self._run(resize_images, images)
+        images = await self._network_sized(images)
         return await self._run(self._loss, images, targets, loss_name, backward, graph)
 
     @_on_device_failure
@@ -432,44 +402,24 @@ class Engine:
         loss_name: LossName,
         backward: bool,
         graph: bool,
-    ) -> LossResult:
+    ) -> LossResponse:
         with torch.set_grad_enabled(backward or graph):
             loss = self._forward_loss(images, targets, loss_name)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteStep(f"the loss is not finite ({loss_value}); nothing was changed")
-        graph_json = self._autograd_graph(loss) if graph else None
+        loss_value = self._finite_loss(loss)
+        graph_json = inspection.autograd_graph(loss, self._parameters) if graph else None
         if backward:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-        return LossResult(loss_value, self.version, self.step, graph_json)
-
-    def _autograd_graph(self, loss: torch.Tensor) -> dict[str, Any]:
-        """The whole `loss.grad_fn.next_functions` walk, breadth first, as nodes with ids."""
-        names = {id(p): name for name, p in self._parameters.items()}
-        root = loss.grad_fn
-        assert root is not None, "a loss computed with grad enabled has a grad_fn"
-        ids: dict[Any, int] = {root: 0}
-        order = [root]
-        for fn in order:  # `order` grows while we walk it
-            for next_fn, _ in fn.next_functions:
-                if next_fn is not None and next_fn not in ids:
-                    ids[next_fn] = len(order)
-                    order.append(next_fn)
-        nodes = []
-        for fn in order:
-            node: dict[str, Any] = {
-                "id": ids[fn],
-                "name": type(fn).__name__,
-                "next": [ids[n] for n, _ in fn.next_functions if n is not None],
-            }
-            variable = getattr(fn, "variable", None)
-            if variable is not None:
-                node["param"] = names.get(id(variable))
-            nodes.append(node)
-        return {"root": 0, "nodes": nodes}
+            with self._all_or_nothing():
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                self._finite_gradient_norm()
+        return LossResponse.model_validate(
+            {"loss": loss_value, "version": self.version, "step": self.step, "graph": graph_json}
+        )
 
     # ----------------------------------------------------------------- optimizer
+
+    def _fresh_optimizer(self, config: OptimizerConfig) -> torch.optim.Optimizer:
+        return build_optimizer(config, list(self._parameters.values()))
 
     def optimizer_public(self, lr_override: float | None = None) -> dict[str, Any]:
         """The optimizer's configuration as GET /optimizer shows it."""
@@ -484,7 +434,7 @@ class Engine:
         return await self._run(self._set_optimizer, config)
 
     def _set_optimizer(self, config: OptimizerConfig) -> dict[str, Any]:
-        self.optimizer = build_optimizer(config, list(self._parameters.values()))
+        self.optimizer = self._fresh_optimizer(config)
         self.optimizer_config = config
         return self.optimizer_public()
 
@@ -495,48 +445,52 @@ class Engine:
             for name, parameter in self._parameters.items():
                 parameter.copy_(tensors[name])
 
-    def _new_weights(self, tensors: Mapping[str, torch.Tensor], step: int) -> None:
-        """Adopt new weights wholesale: a new, larger version and no stale gradients."""
+    def _adopt_weights(self, tensors: Mapping[str, torch.Tensor], step: int) -> None:
+        """Take new weights wholesale: a new, larger version, no stale gradients; weights whose
+        answers overflow are refused (call inside `_all_or_nothing`)."""
         self._copy_weights(tensors)
-        self._restore_gradients([None] * len(self._parameters))
+        for parameter in self._parameters.values():
+            parameter.grad = None
         self.version += 1
         self.step = step
-        self.weights_finite = self._all_weights_finite()
+        if not self._answers_are_finite():
+            raise InvalidInput(
+                "the weights' answer to a blank image is not finite (float32 overflow)"
+            )
+        self.weights_finite = True
 
     async def reset(self, seed: int | None) -> dict[str, int]:
         """New initial weights (seeded as LENET_SEED is) and a fresh optimizer state."""
-        return await self._run(self._reset, seed)
-
-    def _reset(self, seed: int | None) -> dict[str, int]:
-        self._new_weights(build_net(seed).state_dict(), step=0)
-        self.optimizer = build_optimizer(self.optimizer_config, list(self._parameters.values()))
-        return {"version": self.version, "step": self.step}
-
-    async def export_weights(self) -> bytes:
-        """The weights as a safetensors file."""
-        return await self._run(self._export_weights)
-
-    def _export_weights(self) -> bytes:
-        tensors = {name: p.detach().cpu().contiguous() for name, p in self._parameters.items()}
-        return bytes(
-            save_safetensors(
-                tensors, metadata={"version": str(self.version), "step": str(self.step)}
-            )
-        )
+        return await self._run(self._replace_weights, build_net(seed).state_dict(), None)
 
     async def import_weights(self, data: bytes) -> dict[str, int]:
         """Replace the weights by a safetensors file's; step 0 and a fresh optimizer state."""
-        return await self._run(self._import_weights, data)
-
-    def _import_weights(self, data: bytes) -> dict[str, int]:
         try:
             tensors = load_safetensors(data)
         except (SafetensorError, ValueError, TypeError) as error:
             raise InvalidInput(f"the body is not a valid safetensors file ({error})") from error
         validate_weights(tensors)
-        self._new_weights(tensors, step=0)
-        self.optimizer = build_optimizer(self.optimizer_config, list(self._parameters.values()))
+        return await self._run(self._replace_weights, tensors, None)
+
+    def _replace_weights(
+        self, tensors: Mapping[str, torch.Tensor], loaded: LoadedCheckpoint | None
+    ) -> dict[str, int]:
+        """Reset and import (`loaded` None: step 0, fresh optimizer state) or restore."""
+        with self._all_or_nothing():
+            if loaded is None:
+                self._adopt_weights(tensors, step=0)
+                self.optimizer = self._fresh_optimizer(self.optimizer_config)
+            else:
+                self._adopt_checkpoint(loaded, at_start=False)
         return {"version": self.version, "step": self.step}
+
+    async def export_weights(self) -> bytes:
+        """The weights as a safetensors file, the same bytes for the same version."""
+        return await self._run(self._export_weights)
+
+    def _export_weights(self) -> bytes:
+        tensors = {name: p.detach().cpu().contiguous() for name, p in self._parameters.items()}
+        return save_weights(tensors, {"version": str(self.version), "step": str(self.step)})
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -572,23 +526,23 @@ class Engine:
             raise InvalidInput(
                 f"checkpoint {checkpoint_id!r} cannot be restored: {error}"
             ) from error
-        self._adopt_checkpoint(loaded, keep_version=False)
-        return {"version": self.version, "step": self.step}
+        return self._replace_weights(loaded.weights, loaded)
 
-    def _adopt_checkpoint(self, loaded: LoadedCheckpoint, keep_version: bool) -> None:
+    def _adopt_checkpoint(self, loaded: LoadedCheckpoint, at_start: bool) -> None:
         validate_weights(loaded.weights)
         try:
             config = optimizer_config_adapter.validate_python(loaded.info.optimizer, strict=False)
-            optimizer = build_optimizer(config, list(self._parameters.values()))
+            optimizer = self._fresh_optimizer(config)
             optimizer.load_state_dict(loaded.optimizer_state)
         except Exception as error:  # noqa: BLE001 - any mismatch means an unusable checkpoint
             raise CheckpointError(f"optimizer state does not load: {error}") from error
         previous_version = self.version
-        self._new_weights(loaded.weights, step=loaded.info.step)
-        # At start-up the checkpoint's version continues; a restore is a new, larger version.
-        self.version = max(loaded.info.version, previous_version) if keep_version else self.version
+        self._adopt_weights(loaded.weights, step=loaded.info.step)
         self.optimizer, self.optimizer_config = optimizer, config
-        self._saved_version = self.version if keep_version else self._saved_version
+        if at_start:
+            # At start-up the checkpoint's version continues; a restore is a new, larger one.
+            self.version = max(loaded.info.version, previous_version)
+            self._saved_version = self.version
 
     # ----------------------------------------------------------------- inspection
 
@@ -604,28 +558,7 @@ class Engine:
         )
 
     def _parameters_report(self, names: list[str], values: bool, grads: bool) -> dict[str, Any]:
-        def stats(tensor: torch.Tensor) -> dict[str, float]:
-            numbers = torch.stack(
-                [tensor.mean(), tensor.std(), tensor.min(), tensor.max(), tensor.norm()]
-            ).tolist()
-            return dict(zip(("mean", "std", "min", "max", "norm"), numbers, strict=True))
-
-        entries = []
-        with torch.no_grad():
-            for name in dict.fromkeys(names):  # keep order, drop repeats
-                parameter = self._parameters[name]
-                gradient = parameter.grad
-                entries.append(
-                    {
-                        "name": name,
-                        "shape": list(parameter.shape),
-                        "numel": parameter.numel(),
-                        "stats": stats(parameter),
-                        "grad_stats": stats(gradient) if gradient is not None else None,
-                        "values": parameter.cpu().numpy() if values else None,
-                        "grad": gradient.cpu().numpy() if grads and gradient is not None else None,
-                    }
-                )
+        entries = inspection.parameters_report(self._parameters, names, values, grads)
         return {
             "version": self.version,
             "step": self.step,
@@ -637,45 +570,3 @@ class Engine:
     def model_info(self) -> dict[str, Any]:
         """GET /model: the network as `print(net)` shows it, with each layer's output shape."""
         return {**self._model_info, "version": self.version, "step": self.step}
-
-    def _describe_model(self) -> dict[str, Any]:
-        shapes: dict[str, list[int]] = {}
-        hooks = [
-            getattr(self.model, name).register_forward_hook(
-                lambda _module, _inputs, output, name=name: shapes.__setitem__(
-                    name, list(output.shape[1:])
-                )
-            )
-            for name in LAYER_NAMES
-        ]
-        try:
-            with torch.inference_mode():
-                self.model(torch.zeros(1, *INPUT_SHAPE, device=self.device))
-        finally:
-            for hook in hooks:
-                hook.remove()
-        layers = [
-            {
-                "name": name,
-                "type": type(getattr(self.model, name)).__name__,
-                "output_shape": shapes[name],
-                "params": sum(p.numel() for p in getattr(self.model, name).parameters()),
-            }
-            for name in LAYER_NAMES
-        ]
-        return {
-            "repr": repr(self.model),
-            "layers": layers,
-            "input_shape": list(INPUT_SHAPE),
-            "num_classes": NUM_CLASSES,
-            "parameters": sum(p.numel() for p in self._parameters.values()),
-            "device": str(self.device),
-            "dtype": "float32",
-        }
-
-
-def resize_images(images: torch.Tensor) -> torch.Tensor:
-    """Resize (N, 1, H, W) to (N, 1, 32, 32), bilinear, as the contract fixes it."""
-    return F.interpolate(
-        images, size=INPUT_SHAPE[1:], mode="bilinear", align_corners=False, antialias=False
-    )

@@ -10,6 +10,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from app.engine import Engine
 from app.errors import Unauthorized
+from app.schemas import ErrorDetail
 from app.settings import Settings
 from app.tensors import Limits, check_json_content_type, parse_json_object
 
@@ -92,4 +93,11 @@ def json_body_doc(
             "required": True,
             "content": {"application/json": {"schema": {"$ref": COMPONENT_REF.format(model=name)}}},
         }
+    }
+
+
+def error_responses(reasons: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses a route answers, each in FastAPI's shape."""
+    return {
+        status: {"model": ErrorDetail, "description": reason} for status, reason in reasons.items()
     }

@@ -238,11 +238,7 @@ def _input_shape(value: Any, limits: Limits) -> list[int]:
             f"input '{INPUT_NAME}': shape must be [N, {', '.join(map(str, INPUT_SHAPE))}] with "
             f"N >= 1, got {value}"
         )
-    if value[0] > limits.max_batch_size:
-        raise BadRequest(
-            f"input '{INPUT_NAME}': batch of {value[0]} images is over the limit of "
-            f"{limits.max_batch_size} (LENET_MAX_BATCH_SIZE)"
-        )
+    limits.check_batch(value[0], f"input '{INPUT_NAME}'")  # InvalidInput: 400 below
     return value
 
 

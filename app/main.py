@@ -3,26 +3,22 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, Response
-from fastapi.staticfiles import StaticFiles
 
 from app import metrics
 from app.engine import Engine
 from app.http import DOCUMENTED_BODIES
 from app.http_errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
-from app.routes import checkpoints, health, images, params, predict, training, v2
+from app.routes import documented_routes, include_routes
 from app.settings import Settings, get_settings
 from app.tensors import Limits
 
 logger = logging.getLogger("lenet")
 
-STATIC_DIR = Path(__file__).parent / "static"
 VERSION = "0.1.0"
 
 
@@ -32,10 +28,11 @@ def _install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=documented_routes(app),
             )
-            # POST /predict is plain ASGI in front of the router (see app.routes.predict).
-            schema["paths"] = {predict.PREDICT_PATH: predict.openapi_path_item(), **schema["paths"]}
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, body_schema in DOCUMENTED_BODIES.items():
                 body_schema = dict(body_schema)
@@ -74,31 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.limits = Limits.from_settings(settings)
-    # Innermost first: POST /predict is served in front of the router, behind the body limit.
-    app.add_middleware(predict.PredictEndpoint, engine=engine, limits=app.state.limits)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     metrics.install(app, engine)  # outermost: it also counts what the body limit refuses
     install_error_handlers(app)
-    for router in (
-        training.router,
-        params.router,
-        checkpoints.router,
-        health.router,
-        images.router,
-        v2.router,
-        metrics.router,
-    ):
-        app.include_router(router)
-    if STATIC_DIR.is_dir():
-        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> Response:
-        page = STATIC_DIR / "index.html"
-        if not page.is_file():
-            return Response(status_code=404)
-        return FileResponse(page)
-
+    include_routes(app)
     _install_openapi(app)
     return app
 

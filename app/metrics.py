@@ -10,9 +10,8 @@ read at scrape time by a collector; the batcher reports each batch through
 from collections.abc import Iterator
 from time import perf_counter
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -167,17 +166,3 @@ def install(app: FastAPI, engine: Engine) -> Metrics:
     engine.batch_observers.append(metrics.observe_batch)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return metrics
-
-
-router = APIRouter(tags=["health"])
-
-
-@router.get(
-    "/metrics",
-    response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-)
-async def metrics_endpoint(request: Request) -> Response:
-    """Request counts and latencies, batch sizes, queue waits, version, steps and loss."""
-    metrics: Metrics = request.app.state.metrics
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

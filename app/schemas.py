@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+LossName = Literal["cross_entropy", "mse"]
 Number = float
 Image = list[list[Number]]
 NestedImages = Annotated[
@@ -40,7 +41,7 @@ class TrainStepRequest(PredictRequest):
     """A batch, its targets, the loss and an optional one-step learning rate."""
 
     targets: list[int] | list[Number] | list[list[Number]]
-    loss: Literal["cross_entropy", "mse"] | None = None
+    loss: LossName | None = None
     lr: Annotated[float, Field(gt=0)] | None = None
 
 
@@ -193,6 +194,12 @@ class CheckpointListResponse(BaseModel):
     """Every checkpoint, newest first."""
 
     checkpoints: list[CheckpointResponse]
+
+
+class ErrorDetail(BaseModel):
+    """An error in FastAPI's shape: a message, or the list of validation errors."""
+
+    detail: str | list[dict[str, Any]]
 
 
 class HealthResponse(BaseModel):

@@ -8,18 +8,22 @@ altogether. Every rejection names what was wrong and, for a limit, the limit.
 
 import binascii
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import orjson
 import pybase64
 import torch
+import torch.nn.functional as F
+from safetensors.torch import save as save_safetensors
 
 from app.errors import BadRequest, DeviceUnavailable, InvalidInput, UnsupportedMediaType
+from app.schemas import LossName
 from app.settings import Settings
-from models.lenet import NUM_CLASSES
+from models.lenet import INPUT_SHAPE, NUM_CLASSES, PARAMETER_SHAPES
 
 _NUMBER_TYPES = frozenset({int, float})
 _JSON_TYPE_NAMES = {
@@ -44,6 +48,14 @@ class Limits:
     def from_settings(cls, settings: Settings) -> "Limits":
         """The limits that `settings` configures."""
         return cls(settings.max_batch_size, settings.max_image_side)
+
+    def check_batch(self, count: int, field: str) -> None:
+        """Refuse (422) a request of more than `max_batch_size` images, naming the limit."""
+        if count > self.max_batch_size:
+            raise InvalidInput(
+                f"{field}: batch of {count} images is over the limit of {self.max_batch_size} "
+                "(LENET_MAX_BATCH_SIZE)"
+            )
 
 
 @dataclass(frozen=True)
@@ -150,11 +162,7 @@ def images_from_array(array: np.ndarray, field: str, limits: Limits) -> torch.Te
             f"{field} must have rank 2 [H, W], 3 [N, H, W] or 4 [N, 1, H, W]; got rank {array.ndim}"
         )
     batch, _, height, width = array.shape
-    if batch > limits.max_batch_size:
-        raise InvalidInput(
-            f"{field}: batch of {batch} images is over the limit of {limits.max_batch_size} "
-            "(LENET_MAX_BATCH_SIZE)"
-        )
+    limits.check_batch(batch, field)
     if max(height, width) > limits.max_image_side:
         raise InvalidInput(
             f"{field}: image of {height}x{width} is over the side limit of "
@@ -174,11 +182,8 @@ def images_from_nested(value: Any, limits: Limits, field: str = "inputs") -> tor
         while isinstance(probe, list) and probe:
             rank += 1
             probe = probe[0]
-        if rank in (3, 4) and len(value) > limits.max_batch_size:
-            raise InvalidInput(
-                f"{field}: batch of {len(value)} images is over the limit of "
-                f"{limits.max_batch_size} (LENET_MAX_BATCH_SIZE)"
-            )
+        if rank in (3, 4):
+            limits.check_batch(len(value), field)
     return images_from_array(nested_to_array(value, field, max_rank=4), field, limits)
 
 
@@ -267,15 +272,19 @@ def _all_json_integers(value: list[Any]) -> bool:
     return set(map(type, value)) == {int}
 
 
-def resolve_loss(name: Any, targets: Targets) -> Literal["cross_entropy", "mse"]:
+LOSS_NAMES: tuple[LossName, ...] = get_args(LossName)
+
+
+def resolve_loss(name: Any, targets: Targets) -> LossName:
     """The loss to use: the one named, or cross_entropy for indices and mse for vectors."""
     if name is None:
         return "cross_entropy" if targets.kind == "indices" else "mse"
-    if name not in ("cross_entropy", "mse"):
-        raise InvalidInput(f"unknown loss {name!r}; use 'cross_entropy' or 'mse'")
-    if name == "mse" and targets.kind == "indices":
-        raise InvalidInput("the mse loss needs target vectors [N, 10], not class indices")
-    return "mse" if name == "mse" else "cross_entropy"
+    for known in LOSS_NAMES:
+        if name == known and type(name) is str:
+            if known == "mse" and targets.kind == "indices":
+                raise InvalidInput("the mse loss needs target vectors [N, 10], not class indices")
+            return known
+    raise InvalidInput(f"unknown loss {name!r}; use one of {list(LOSS_NAMES)}")
 
 
 def optional_lr(value: Any) -> float | None:
@@ -293,3 +302,46 @@ def optional_flag(body: dict[str, Any], name: str) -> bool:
     if type(value) is not bool:
         raise InvalidInput(f"{name} must be true or false, got {_describe(value)}")
     return value
+
+
+def needs_resize(images: torch.Tensor) -> bool:
+    """Whether (N, 1, H, W) images are not yet the network's 32x32."""
+    return tuple(images.shape[-2:]) != INPUT_SHAPE[1:]
+
+
+def resize_images(images: torch.Tensor) -> torch.Tensor:
+    """Resize (N, 1, H, W) to (N, 1, 32, 32), bilinear, as the contract fixes it."""
+    return F.interpolate(
+        images, size=INPUT_SHAPE[1:], mode="bilinear", align_corners=False, antialias=False
+    )
+
+
+def save_weights(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of `tensors`, byte-stable: the same tensors and metadata always give
+    the same bytes (safetensors itself writes its metadata keys in arbitrary order)."""
+    raw = save_safetensors(dict(tensors), metadata=metadata)
+    header_length = int.from_bytes(raw[:8], "little")
+    header = orjson.loads(raw[8 : 8 + header_length])
+    # Offsets in the header count from the end of the header, so the data stays as it is.
+    text = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces
+    return len(text).to_bytes(8, "little") + text + raw[8 + header_length :]
+
+
+def validate_weights(tensors: Mapping[str, torch.Tensor]) -> None:
+    """Refuse (InvalidInput) anything but LeNet's ten float32 parameters with finite values."""
+    missing = sorted(set(PARAMETER_SHAPES) - set(tensors))
+    extra = sorted(set(tensors) - set(PARAMETER_SHAPES))
+    if missing or extra:
+        raise InvalidInput(
+            "weights must be exactly the ten LeNet parameters; "
+            f"missing {missing}, unexpected {extra}"
+        )
+    for name, shape in PARAMETER_SHAPES.items():
+        tensor = tensors[name]
+        if tensor.dtype != torch.float32:
+            raise InvalidInput(f"{name}: dtype must be float32, got {str(tensor.dtype)[6:]}")
+        if tuple(tensor.shape) != shape:
+            raise InvalidInput(f"{name}: shape must be {list(shape)}, got {list(tensor.shape)}")
+        if not bool(torch.isfinite(tensor).all()):
+            raise InvalidInput(f"{name}: values must be finite")

@@ -23,6 +23,19 @@ PARAMETER_NAMES = (
     "fc3.weight",
     "fc3.bias",
 )
+# The shape of each parameter, in the order of PARAMETER_NAMES (tests check it against Net()).
+PARAMETER_SHAPES: dict[str, tuple[int, ...]] = {
+    "conv1.weight": (6, 1, 5, 5),
+    "conv1.bias": (6,),
+    "conv2.weight": (16, 6, 5, 5),
+    "conv2.bias": (16,),
+    "fc1.weight": (120, 400),
+    "fc1.bias": (120,),
+    "fc2.weight": (84, 120),
+    "fc2.bias": (84,),
+    "fc3.weight": (10, 84),
+    "fc3.bias": (10,),
+}
 LAYER_NAMES = ("conv1", "conv2", "fc1", "fc2", "fc3")
 
 

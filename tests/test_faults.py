@@ -233,7 +233,8 @@ def test_not_ready_while_the_weights_are_not_finite(client: TestClient) -> None:
     engine = client.app.state.engine  # type: ignore[attr-defined]
     poisoned = {n: p.detach().clone() for n, p in local_net().named_parameters()}
     poisoned["conv1.bias"][0] = float("inf")
-    engine._executor.submit(engine._new_weights, poisoned, 0).result()
+    engine._executor.submit(engine._copy_weights, poisoned).result()
+    engine.weights_finite = engine._executor.submit(engine._answers_are_finite).result()
     response = client.get("/readyz")
     assert response.status_code == 503 and "finite" in response.json()["status"]
     assert client.get("/healthz").status_code == 200

@@ -2,7 +2,6 @@
 
 from collections.abc import Callable
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -99,9 +98,11 @@ def test_training_metrics_read_the_engine(client: TestClient) -> None:
     images = image_batch(4).tolist()
     step = client.post("/train-step", json={"inputs": images, "targets": [1, 2, 3, 4]})
     assert step.status_code == 200, step.text
-    # Pixels this large overflow the forward pass: the step is refused and counted.
-    huge = (np.full((1, 32, 32), 3e38, dtype=np.float32)).tolist()
-    refused = client.post("/train-step", json={"inputs": huge, "targets": [0], "lr": 1.0})
+    # Targets this large overflow the squared error: the step is refused and counted.
+    refused = client.post(
+        "/train-step",
+        json={"inputs": image_batch(1).tolist(), "targets": [3e38] * 10, "loss": "mse"},
+    )
     assert refused.status_code == 422, refused.text
     after = scrape(client)
     assert value(after, "lenet_model_version") == step.json()["version"] == 1

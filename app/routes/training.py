@@ -39,8 +39,8 @@ from app.tensors import (
 
 router = APIRouter(tags=["training"])
 
-TRAIN_FIELDS = frozenset({"inputs", "tensor", "targets", "loss", "lr"})
-LOSS_FIELDS = TRAIN_FIELDS | {"backward", "graph"}
+TRAIN_FIELDS = frozenset(TrainStepRequest.model_fields)
+LOSS_FIELDS = frozenset(LossRequest.model_fields)
 
 
 def _as_http_error(error: ValidationError) -> Exception:
@@ -72,7 +72,7 @@ async def train_step(request: Request, engine: EngineDep, limits: LimitsDep) -> 
     engine.check_lr(lr)
     images, targets, loss_name = _batch_and_targets(body, limits)
     result = await engine.train_step(images, targets.values, loss_name, lr)
-    return FastJSONResponse(result.__dict__)
+    return FastJSONResponse(result.model_dump())
 
 
 @router.post(
@@ -91,7 +91,7 @@ async def loss(request: Request, engine: EngineDep, limits: LimitsDep) -> FastJS
     backward, graph = optional_flag(body, "backward"), optional_flag(body, "graph")
     images, targets, loss_name = _batch_and_targets(body, limits)
     result = await engine.loss(images, targets.values, loss_name, backward, graph)
-    return FastJSONResponse(result.__dict__)
+    return FastJSONResponse(result.model_dump())
 
 
 @router.get("/optimizers", response_model=OptimizerCatalogue)
