@@ -19,112 +19,31 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from app import inspection
 from app.batching import BatchObserver, PredictionBatcher
 from app.checkpoints import CheckpointError, CheckpointInfo, CheckpointStore, LoadedCheckpoint
-from app.errors import DeviceUnavailable, InvalidInput, NonFiniteStep, NotFound, NotReady
+from app.device import configure, on_device_failure, resolve_device
+from app.errors import InvalidInput, NonFiniteStep, NotFound, NotReady
 from app.optimizers import OptimizerConfig, SGDConfig, optimizer_config_adapter
+from app.prediction import Prediction, predict_batch
 from app.schemas import LossName, LossResponse, TrainStepResponse
 from app.settings import Settings
 from app.snapshot import Counters, TrainingSnapshot
 from app.tensors import needs_resize, resize_images, save_weights, validate_weights
+from app.training import build_optimizer, forward_loss, learning_rate
 from models.lenet import INPUT_SHAPE, PARAMETER_NAMES, Net, build_net
 
 logger = logging.getLogger("lenet.engine")
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-_OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-}
-
-
-def build_optimizer(
-    config: OptimizerConfig, parameters: list[torch.nn.Parameter]
-) -> torch.optim.Optimizer:
-    """The `torch.optim` optimizer that `config` names, over `parameters`, with a fresh state."""
-    hyper_parameters: dict[str, Any] = config.model_dump(exclude={"name"})
-    return _OPTIMIZER_CLASSES[config.name](parameters, **hyper_parameters)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Logits, softmax and argmax for a batch (numpy, sliced per request from one forward pass),
-    and the weights' version and step behind them."""
-
-    logits: np.ndarray
-    probabilities: np.ndarray
-    predictions: np.ndarray
-    version: int
-    step: int
-
-    def as_json(self) -> dict[str, Any]:
-        """The body of a POST /predict answer (PredictResponse's fields)."""
-        return {
-            "outputs": self.logits,
-            "predictions": self.predictions,
-            "probabilities": self.probabilities,
-            "version": self.version,
-            "step": self.step,
-        }
-
-    def rows(self, start: int, end: int) -> "Prediction":
-        """The answer for images `start:end` of the batch."""
-        return Prediction(
-            self.logits[start:end],
-            self.probabilities[start:end],
-            self.predictions[start:end],
-            self.version,
-            self.step,
-        )
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device for the LENET_DEVICE setting; an unavailable one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"LENET_DEVICE={name} but CUDA is not available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"LENET_DEVICE={name} but only {torch.cuda.device_count()} GPUs")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"LENET_DEVICE={name} but MPS is not available")
-    return device
-
-
-def _on_device_failure(fn: Callable[P, T]) -> Callable[P, T]:
-    """Turn an out-of-memory or device failure inside torch work into a 503."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except torch.OutOfMemoryError as error:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            raise DeviceUnavailable("the device ran out of memory; try a smaller batch") from error
-        except RuntimeError as error:
-            # The CPU allocator reports exhaustion as a plain RuntimeError, not OutOfMemoryError.
-            if "can't allocate memory" not in str(error):
-                raise
-            raise DeviceUnavailable("the host ran out of memory; try a smaller batch") from error
-
-    return wrapper
 
 
 class Engine:
@@ -192,10 +111,7 @@ class Engine:
     def _load_initial_state(self) -> None:
         if self.settings.torch_threads is not None:
             torch.set_num_threads(self.settings.torch_threads)
-        if self.device.type == "cuda":
-            # Keep float32 semantics on the GPU so answers stay within 1e-4 of the CPU's.
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
+        configure(self.device)
         if self.settings.seed is not None:
             self._copy_weights(build_net(self.settings.seed).state_dict())
         self.model.to(self.device)
@@ -241,15 +157,9 @@ class Engine:
             whole.rows(end - batch.shape[0], end) for batch, end in zip(batches, ends, strict=True)
         ]
 
-    @_on_device_failure
+    @on_device_failure
     def _predict_now(self, images: torch.Tensor) -> Prediction:
-        with torch.inference_mode():
-            logits = self.model(images.to(self.device, non_blocking=True))
-            probabilities = torch.softmax(logits, dim=1)
-            predictions = torch.argmax(logits, dim=1)
-            logits_np, probabilities_np = (t.cpu().numpy() for t in (logits, probabilities))
-            predictions_np = predictions.cpu().numpy()
-        return Prediction(logits_np, probabilities_np, predictions_np, self.version, self.step)
+        return predict_batch(self.model, images, self.device, self.version, self.step)
 
     def _notify_batch(self, images: int, waits: list[float]) -> None:
         for observer in self.batch_observers:
@@ -329,29 +239,18 @@ class Engine:
     def _forward_loss(
         self, images: torch.Tensor, targets: torch.Tensor, loss_name: LossName
     ) -> torch.Tensor:
-        outputs = self.model(images.to(self.device))
-        targets = targets.to(self.device)
-        if loss_name == "mse":
-            return F.mse_loss(outputs, targets)
-        return F.cross_entropy(outputs, targets)
+        return forward_loss(self.model, images, targets, loss_name, self.device)
 
     def _optimizer_step(self, lr: float | None) -> None:
         """optimizer.step(), with `lr` for this step only; refused if a weight turns non-finite."""
-        saved = [group["lr"] for group in self.optimizer.param_groups]
-        try:
-            if lr is not None:
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+        with learning_rate(self.optimizer, lr):
             self.optimizer.step()
-        finally:
-            for group, saved_lr in zip(self.optimizer.param_groups, saved, strict=True):
-                group["lr"] = saved_lr
         if not self._all_weights_finite():
             raise NonFiniteStep("the step would make weights non-finite; nothing was changed")
         self.version += 1
         self.step += 1
 
-    @_on_device_failure
+    @on_device_failure
     def _train_step(
         self, images: torch.Tensor, targets: torch.Tensor, loss_name: LossName, lr: float | None
     ) -> TrainStepResponse:
@@ -394,7 +293,7 @@ class Engine:
         images = await self._network_sized(images)
         return await self._run(self._loss, images, targets, loss_name, backward, graph)
 
-    @_on_device_failure
+    @on_device_failure
     def _loss(
         self,
         images: torch.Tensor,
