@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app import metrics
 from app.engine import Engine
+from app.guards import GuardsMiddleware, HeadAsGetMiddleware
 from app.http import DOCUMENTED_BODIES
 from app.http_errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
@@ -76,8 +77,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.limits = Limits.from_settings(settings)
     # Innermost first: POST /predict is served in front of the router, behind the body limit.
     app.add_middleware(predict.PredictEndpoint, engine=engine, limits=app.state.limits)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    metrics.install(app, engine)  # outermost: it also counts what the body limit refuses
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
+    app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(GuardsMiddleware, allowed_hosts=settings.allowed_hosts)
+    metrics.install(app, engine)  # outermost: it also counts what the guards and limits refuse
     install_error_handlers(app)
     for router in (
         training.router,
