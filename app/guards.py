@@ -14,13 +14,15 @@ of routes that change anything stays one fact.
 
 import asyncio
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.errors import BadRequest, HeadersTooLarge
 from app.http_errors import send_error
+
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEADER_BYTES = 64 * 1024
 # Served on loopback addresses when LENET_ALLOWED_HOSTS is unset: a page of another site that
@@ -139,13 +141,15 @@ class HeadAsGetMiddleware:
             scope["method"] = "HEAD"
 
 
-def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
+def header_timeout_protocol(seconds: float) -> "type[HttpToolsProtocol]":
     """uvicorn's httptools protocol that closes a connection whose request headers are not
     complete within `seconds` of its first byte (or of the connection, for the first request).
 
     Without it a client that sends half a request line holds its connection, and its place
     under LENET_LIMIT_CONCURRENCY, forever: uvicorn's keep-alive timer stops at the first byte.
     """
+    # Imported here: the app itself runs under any server and any of uvicorn's parsers.
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
