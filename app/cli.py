@@ -27,12 +27,15 @@ def serve(args: argparse.Namespace) -> int:
             "reset or replace the model; set a token before exposing it",
             settings.host,
         )
+    from app.guards import header_timeout_protocol
     from app.main import create_app  # after logging is set up, so start-up logs show
 
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        # httptools, as uvicorn[standard] picks, plus a deadline for each request's headers.
+        http=header_timeout_protocol(settings.header_timeout_s),
         log_level=settings.log_level,
         limit_concurrency=settings.limit_concurrency,
         timeout_keep_alive=settings.timeout_keep_alive,
