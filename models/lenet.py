@@ -9,21 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-INPUT_SHAPE = (1, 32, 32)
-NUM_CLASSES = 10
-PARAMETER_NAMES = (
-    "conv1.weight",
-    "conv1.bias",
-    "conv2.weight",
-    "conv2.bias",
-    "fc1.weight",
-    "fc1.bias",
-    "fc2.weight",
-    "fc2.bias",
-    "fc3.weight",
-    "fc3.bias",
-)
-LAYER_NAMES = ("conv1", "conv2", "fc1", "fc2", "fc3")
+from models.constants import INPUT_SHAPE, LAYER_NAMES, NUM_CLASSES, PARAMETER_NAMES
+
+__all__ = ["INPUT_SHAPE", "LAYER_NAMES", "NUM_CLASSES", "PARAMETER_NAMES", "Net", "build_net"]
 
 
 class Net(nn.Module):
