@@ -1,4 +1,5 @@
-"""app.datasets: the IDX reader, MNIST and folder loaders, the split, the resize, the shifts."""
+"""lenet_client.datasets: the IDX reader, MNIST and folder loaders, the split, the resize, and
+the shifts."""
 
 import gzip
 import struct
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from app.datasets import (
+from lenet_client.datasets import (
     DatasetError,
     load_digits,
     load_folder,
