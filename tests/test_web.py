@@ -211,7 +211,7 @@ def test_draw_train_look_inside_and_teach(page: tuple[Any, PageRecord], server: 
     tab.wait_for_timeout(700)
     assert served(server) == stopped
     assert shown_version(tab) == stopped["version"]
-    assert re.fullmatch(r"\d+\.\d% \(\d+/360, step \d+\)", tab.text_content("#accuracy"))
+    assert re.fullmatch(r"\d+\.\d% \(\d+/359, step \d+\)", tab.text_content("#accuracy"))
 
     # Look inside: the filters drawn are the served weights (red where positive, blue where
     # negative), and every parameter has a histogram of its values and of its gradient.
