@@ -56,3 +56,9 @@ class DeviceUnavailable(LenetError):
     """The device failed (out of memory, say) or the model is not ready yet."""
 
     status_code = 503
+
+
+class InsufficientStorage(LenetError):
+    """The checkpoint folder cannot be written (read-only, full, or not a folder)."""
+
+    status_code = 507
