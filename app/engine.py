@@ -203,6 +203,7 @@ class Engine:
             except Exception:
                 logger.exception("could not save a checkpoint on shutdown")
         self._executor.shutdown(wait=True)
+        self.checkpoints.versions.settle(self.version)  # nothing can answer a newer one now
         # A fresh executor (it starts no thread until used), so the same app can run its
         # lifespan again: test clients and fuzzers start and stop one app many times.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenet-torch")
@@ -222,13 +223,18 @@ class Engine:
         if self.settings.seed is not None:
             self._copy_weights(build_net(self.settings.seed).state_dict())
         self.model.to(self.device)
-        for info in self.checkpoints.list():
+        infos = self.checkpoints.list()
+        self.checkpoints.versions.open(max((info.version for info in infos), default=None))
+        for info in infos:
             try:
                 self._adopt_checkpoint(self.checkpoints.load(info.id), keep_version=True)
                 logger.info("loaded checkpoint %s (version %d)", info.id, info.version)
                 break
             except (CheckpointError, InvalidInput) as error:
                 logger.warning("skipping checkpoint %s: %s", info.id, error)
+        else:  # no checkpoint: the seed's (or random) weights, under a number never used before
+            seeded = self.settings.seed is not None
+            self.version = self._saved_version = self.checkpoints.versions.initial(seeded)
         self._model_info = self._describe_model()
         self._predict_now(torch.zeros(1, *INPUT_SHAPE))  # warm-up: proves the model answers
 
@@ -338,6 +344,7 @@ class Engine:
     ) -> StepResult:
         # zero_grad(set_to_none=True) swaps in new gradient tensors, so the old ones, kept
         # here by reference, are the exact gradients to put back if the step is refused.
+        version = self.checkpoints.versions.next(self.version)  # durable before any change
         previous_gradients = self._gradients()
         self.optimizer.zero_grad(set_to_none=True)
         try:
@@ -377,7 +384,7 @@ class Engine:
             self._restore_gradients(previous_gradients)
             self.steps_refused += 1
             raise NonFiniteStep("the step would make weights non-finite; nothing was changed")
-        self.version += 1
+        self.version = version
         self.step += 1
         self.last_loss = loss_value
         self._autosave_if_due()
@@ -495,11 +502,15 @@ class Engine:
             for name, parameter in self._parameters.items():
                 parameter.copy_(tensors[name])
 
-    def _new_weights(self, tensors: Mapping[str, torch.Tensor], step: int) -> None:
-        """Adopt new weights wholesale: a new, larger version and no stale gradients."""
+    def _new_weights(
+        self, tensors: Mapping[str, torch.Tensor], step: int, version: int | None = None
+    ) -> None:
+        """Adopt new weights wholesale: a new, larger version (or `version`, a checkpoint's own
+        at start-up) and no stale gradients."""
+        new_version = self.checkpoints.versions.next(self.version) if version is None else version
         self._copy_weights(tensors)
         self._restore_gradients([None] * len(self._parameters))
-        self.version += 1
+        self.version = new_version
         self.step = step
         self.weights_finite = self._all_weights_finite()
 
@@ -583,10 +594,9 @@ class Engine:
             optimizer.load_state_dict(loaded.optimizer_state)
         except Exception as error:  # noqa: BLE001 - any mismatch means an unusable checkpoint
             raise CheckpointError(f"optimizer state does not load: {error}") from error
-        previous_version = self.version
-        self._new_weights(loaded.weights, step=loaded.info.step)
-        # At start-up the checkpoint's version continues; a restore is a new, larger version.
-        self.version = max(loaded.info.version, previous_version) if keep_version else self.version
+        # At start-up the checkpoint keeps its version; a restore is a new, larger version.
+        version = loaded.info.version if keep_version else None
+        self._new_weights(loaded.weights, step=loaded.info.step, version=version)
         self.optimizer, self.optimizer_config = optimizer, config
         self._saved_version = self.version if keep_version else self._saved_version
 
