@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app import metrics
+from app import metrics, observability
 from app.engine import Engine
 from app.http import DOCUMENTED_BODIES
 from app.http_errors import install_error_handlers
@@ -65,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=VERSION,
         description="Serve and train the LeNet of PyTorch's Neural Networks tutorial.",
         lifespan=lifespan,
+        docs_url=None,  # app.routes.docs serves both pages from assets in the package
+        redoc_url=None,
         # FastAPI's OpenTelemetry hooks look up environment variables on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
@@ -72,7 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.limits = Limits.from_settings(settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    metrics.install(app, engine)  # outermost: it also counts what the body limit refuses
+    metrics.install(app, engine)  # it also counts what the body limit refuses
+    # Outermost of all, outside Starlette's error middleware: request ids reach the 500s too.
+    observability.install(app, lambda: engine.version, settings.access_log)
     install_error_handlers(app)
     include_routes(app)
     _install_openapi(app)
@@ -82,7 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def __getattr__(name: str) -> Any:
     # `app.main:app` is built on first access, so importing this module has no side effects.
     if name == "app":
-        application = create_app()
+        settings = get_settings()
+        observability.configure_logging(settings)  # `uvicorn app.main:app` logs as `lenet serve`
+        application = create_app(settings)
         globals()["app"] = application
         return application
     raise AttributeError(name)
