@@ -59,6 +59,8 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         swagger_js_url=root + SWAGGER_JS,
         swagger_css_url=root + SWAGGER_CSS,
         swagger_favicon_url=root + FAVICON,
+        # Swagger UI would send the schema to validator.swagger.io for its badge.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     html = bytes(page.body).decode()
     return _with_policy(page, f"script-src 'self' {_script_hashes(html)}")
