@@ -1,15 +1,12 @@
 """All configuration, from environment variables with the LENET_ prefix."""
 
 import ipaddress
-import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-logger = logging.getLogger("lenet.settings")
 
 MiB = 1024 * 1024
 
@@ -78,6 +75,13 @@ class Settings(BaseSettings):
         if len(value.get_secret_value()) < 8:
             raise ValueError("api_token must be at least 8 characters")
         return value
+
+    @model_validator(mode="after")
+    def _lr_within_max_lr(self) -> Self:
+        # The optimizer's starting lr obeys the bound every per-step and PUT /optimizer lr does.
+        if self.lr > self.max_lr:
+            raise ValueError(f"LENET_LR ({self.lr}) must be at most LENET_MAX_LR ({self.max_lr})")
+        return self
 
     @property
     def host_is_loopback(self) -> bool:
