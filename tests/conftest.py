@@ -14,11 +14,18 @@ from safetensors.numpy import load as load_safetensors
 
 from app.main import create_app
 from app.settings import Settings
+from tests import server as test_server
 from tests.server import LiveServer, start_test_server
 
 # The device the suite runs on: CPU unless LENET_DEVICE says otherwise (e.g. cuda on a GPU box).
 TEST_DEVICE = os.environ.get("LENET_DEVICE", "cpu")
 SEED = 0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Remember the test being set up (its fixtures included) for `tests.server`'s check."""
+    test_server.current_test[:] = [item]
 
 
 # torch's default intra-op thread count, read before anything changes it.
@@ -171,3 +178,13 @@ def train(client: Any, **extra: Any) -> dict[str, Any]:
 def post_train_step(client: Any, images: np.ndarray, targets: Any, **extra: Any) -> Any:
     """POST /train-step with `images` as nested arrays; the raw response."""
     return client.post("/train-step", json={"inputs": images.tolist(), "targets": targets, **extra})
+
+
+class RunsOnUnpickle:
+    """A pickle payload that creates `marker` if anything ever unpickles it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.marker), "w"))

@@ -520,3 +520,20 @@ def test_a_wrong_method_is_405_listing_every_method_of_the_path(
     response = client.request(method, path)
     assert response.status_code == 405 and "detail" in response.json()
     assert response.headers["allow"] == allow
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e309"])
+def test_non_finite_literals_are_malformed_json_on_optimizer_and_reset_too(
+    client: TestClient, literal: bytes
+) -> None:
+    before = (client.get("/optimizer").json(), snapshot(client))
+    for method, path, text in (
+        ("PUT", "/optimizer", b'{"name": "sgd", "lr": ' + literal + b"}"),
+        ("POST", "/reset", b'{"seed": ' + literal + b"}"),
+    ):
+        response = client.request(
+            method, path, content=text, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, (path, response.text)
+        assert "not valid JSON" in response.json()["detail"]
+    assert (client.get("/optimizer").json(), snapshot(client)) == before
