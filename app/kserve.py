@@ -10,6 +10,8 @@ No FastAPI here: `app.routes.v2` passes the body and headers in and sends what c
 """
 
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -338,10 +340,18 @@ def parse_infer_request(body: bytes, header_length: str | None, limits: Limits) 
         request = orjson.loads(json_part)
     except orjson.JSONDecodeError as error:
         raise BadRequest(f"the inference request is not valid JSON: {error}") from error
-    try:
+    with bad_input_is_400():
         return _parse_request(request, binary, limits)
+
+
+@contextmanager
+def bad_input_is_400() -> Iterator[None]:
+    """Within the block, an `InvalidInput` (422: the shared tensor checks, or the engine
+    refusing an input whose outputs overflow) becomes a `BadRequest`: the protocol calls every
+    bad input a 400."""
+    try:
+        yield
     except InvalidInput as error:
-        # The shared tensor checks speak 422; the protocol calls every bad input a 400.
         raise BadRequest(error.detail) from error
 
 

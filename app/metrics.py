@@ -64,7 +64,8 @@ class EngineCollector(Collector):
         )
         yield CounterMetricFamily(
             "lenet_train_steps_refused",
-            "Training steps refused since start-up because of non-finite values.",
+            "Optimizer steps refused and rolled back since start-up: a non-finite loss, "
+            "gradient or weight, or a device failure mid-step.",
             value=engine.steps_refused,
         )
         loss = GaugeMetricFamily("lenet_train_last_loss", "Loss of the latest training step.")

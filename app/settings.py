@@ -1,17 +1,14 @@
 """All configuration, from environment variables with the LENET_ prefix."""
 
 import ipaddress
-import logging
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-logger = logging.getLogger("lenet.settings")
 
 MiB = 1024 * 1024
 
@@ -157,6 +154,13 @@ class Settings(BaseSettings):
                 # "*" would let every site train the model, "null" every sandboxed page or file.
                 raise ValueError(f"cors_origins: {origin!r} is not allowed; name each origin")
         return tuple(normalize_origin(origin) for origin in value)
+
+    @model_validator(mode="after")
+    def _lr_within_max_lr(self) -> Self:
+        # The optimizer's starting lr obeys the bound every per-step and PUT /optimizer lr does.
+        if self.lr > self.max_lr:
+            raise ValueError(f"LENET_LR ({self.lr}) must be at most LENET_MAX_LR ({self.max_lr})")
+        return self
 
     @property
     def host_is_loopback(self) -> bool:

@@ -1,5 +1,6 @@
 """Shared fixtures: settings, an in-process client (lifespan runs), and a real server."""
 
+import base64
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,14 +10,22 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from safetensors.numpy import load as load_safetensors
 
 from app.main import create_app
 from app.settings import Settings
+from tests import server as test_server
 from tests.server import LiveServer, start_test_server
 
 # The device the suite runs on: CPU unless LENET_DEVICE says otherwise (e.g. cuda on a GPU box).
 TEST_DEVICE = os.environ.get("LENET_DEVICE", "cpu")
 SEED = 0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Remember the test being set up (its fixtures included) for `tests.server`'s check."""
+    test_server.current_test[:] = [item]
 
 
 # torch's default intra-op thread count, read before anything changes it.
@@ -90,12 +99,6 @@ def local_net(seed: int = SEED) -> torch.nn.Module:
     return Net()
 
 
-def weights_of(client: Any) -> dict[str, np.ndarray]:
-    """The served weights, by name, read through GET /params?values=true."""
-    body = client.get("/params", params={"values": "true"}).json()
-    return {p["name"]: np.asarray(p["values"], dtype=np.float32) for p in body["parameters"]}
-
-
 def exported_weights(client: Any) -> dict[str, torch.Tensor]:
     """The served weights, bit for bit, read through GET /params/export (safetensors)."""
     from safetensors.torch import load
@@ -129,6 +132,59 @@ def training_state(client: Any) -> tuple[Any, ...]:
     )
 
 
-def load_weights(net: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Copy served weights into a local net."""
-    net.load_state_dict(weights)
+def served_weights(client: Any) -> dict[str, np.ndarray]:
+    """The served weights, read from GET /params/export (exact float32 bytes)."""
+    response = client.get("/params/export")
+    assert response.status_code == 200
+    return load_safetensors(response.content)
+
+
+def same_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    """Bit-for-bit equality of two weight sets."""
+    return a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def version_step(client: Any) -> tuple[int, int]:
+    """The served (version, step)."""
+    body = client.get("/model").json()
+    return body["version"], body["step"]
+
+
+def served_grads(client: Any) -> list[Any]:
+    """The latest gradients as GET /params shows them."""
+    body = client.get("/params", params={"grads": "true"}).json()
+    return [p["grad"] for p in body["parameters"]]
+
+
+def step_body(n: int = 4, seed: int = 1, **extra: Any) -> dict[str, Any]:
+    """A /train-step body with `n` images and class-index targets."""
+    return {"inputs": image_batch(n, seed).tolist(), "targets": list(range(n)), **extra}
+
+
+def tensor_field(shape: list[int], fill: float = 0.0) -> dict[str, Any]:
+    """The base64 `tensor` form of an array of `shape` filled with `fill`."""
+    data = np.full(shape, fill, dtype="<f4").tobytes()
+    return {"shape": shape, "dtype": "float32", "data": base64.b64encode(data).decode()}
+
+
+def train(client: Any, **extra: Any) -> dict[str, Any]:
+    """One successful training step; its answer."""
+    response = client.post("/train-step", json=step_body(**extra))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def post_train_step(client: Any, images: np.ndarray, targets: Any, **extra: Any) -> Any:
+    """POST /train-step with `images` as nested arrays; the raw response."""
+    return client.post("/train-step", json={"inputs": images.tolist(), "targets": targets, **extra})
+
+
+class RunsOnUnpickle:
+    """A pickle payload that creates `marker` if anything ever unpickles it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.marker), "w"))

@@ -6,11 +6,16 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
+
+# The test being set up or run, kept by tests/conftest.py, so that starting a server can check
+# that the test carries the `server` marker (`-m "not server"` must skip every one that does).
+current_test: list[pytest.Item] = []
 
 
 def free_port() -> int:
@@ -28,7 +33,6 @@ class LiveServer:
     process: subprocess.Popen[bytes]
     url: str
     log_path: Path
-    env: dict[str, str] = field(repr=False)
 
     def client(self, **kwargs: object) -> httpx.Client:
         """An HTTP client for this server."""
@@ -73,6 +77,9 @@ class LiveServer:
 
 def start_server(log_dir: Path, wait: bool = True, **settings: object) -> LiveServer:
     """Start `lenet serve` with LENET_<KEY>=value for each keyword; wait until ready."""
+    for item in current_test:
+        if item.get_closest_marker("server") is None:
+            raise RuntimeError(f"{item.nodeid} starts uvicorn without @pytest.mark.server")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LENET_")}
     env.update({f"LENET_{key.upper()}": str(value) for key, value in settings.items()})
@@ -89,7 +96,7 @@ def start_server(log_dir: Path, wait: bool = True, **settings: object) -> LiveSe
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parents[1],
         )
-    server = LiveServer(process, f"http://127.0.0.1:{port}", log_path, env)
+    server = LiveServer(process, f"http://127.0.0.1:{port}", log_path)
     if wait:
         try:
             server.wait_ready()

@@ -25,7 +25,7 @@ from safetensors.torch import save as save_safetensors
 from app.checkpoints import META_FILE, OPTIMIZER_FILE, WEIGHTS_FILE, CheckpointStore
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import SEED, image_batch, local_net
+from tests.conftest import SEED, RunsOnUnpickle, image_batch, local_net
 from tests.server import read_http_response, start_server
 
 ONE_IMAGE = image_batch(1)[0, 0].tolist()
@@ -129,21 +129,13 @@ def _forge_nan_weights(folder: Path, _: Path) -> None:
     _rewrite(folder, WEIGHTS_FILE, bytes(save_safetensors(tensors)))
 
 
-class _RunsOnUnpickle:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (str(self.marker), "w"))
-
-
 def _forge_pickle(folder: Path, marker: Path) -> None:
-    _rewrite(folder, OPTIMIZER_FILE, pickle.dumps({"state": {0: _RunsOnUnpickle(marker)}}))
+    _rewrite(folder, OPTIMIZER_FILE, pickle.dumps({"state": {0: RunsOnUnpickle(marker)}}))
 
 
 def _forge_torch_pickle(folder: Path, marker: Path) -> None:
     buffer = io.BytesIO()
-    torch.save({"state": {}, "param_groups": [], "x": _RunsOnUnpickle(marker)}, buffer)
+    torch.save({"state": {}, "param_groups": [], "x": RunsOnUnpickle(marker)}, buffer)
     _rewrite(folder, OPTIMIZER_FILE, buffer.getvalue())
 
 

@@ -1,11 +1,14 @@
 """The tutorial's cells replayed through the API of a real server."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
 from tests.conftest import exported_weights, local_net
 from tests.server import LiveServer
+
+pytestmark = [pytest.mark.server]
 
 
 def test_tutorial_replayed_over_http(live_server: LiveServer) -> None:

@@ -335,3 +335,30 @@ def test_unknown_model_and_version_are_404(client: TestClient) -> None:
     }
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
+
+
+def test_an_input_that_overflows_the_network_is_400(client: TestClient) -> None:
+    # Finite FP32 pixels whose logits overflow: bad input, which the protocol answers with 400
+    # (POST /predict answers the same input with 422).
+    signs = np.random.default_rng(1).standard_normal((1, 1, 32, 32)) > 0
+    images = np.where(signs, 3.4e38, -3.4e38).astype(np.float32)
+    for body, headers in (
+        (orjson.dumps(infer_body(images)), {"content-type": "application/json"}),
+        binary_request(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 1, 32, 32],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": images.nbytes},
+                    }
+                ]
+            },
+            images.astype("<f4").tobytes(),
+        ),
+    ):
+        response = client.post(INFER, content=body, headers=headers)
+        assert response.status_code == 400, response.text
+        assert "not finite" in error_of(response)
+    assert client.post(INFER, json=infer_body(image_batch(1))).status_code == 200

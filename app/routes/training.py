@@ -28,7 +28,6 @@ from app.schemas import (
 from app.tensors import (
     Limits,
     Targets,
-    check_json_content_type,
     images_from_body,
     optional_flag,
     optional_lr,
@@ -115,7 +114,7 @@ async def get_optimizer(engine: EngineDep) -> dict[str, Any]:
 )
 async def put_optimizer(request: Request, engine: EngineDep) -> dict[str, Any]:
     """Switch optimizer or hyper-parameters; the optimizer state starts fresh."""
-    check_json_content_type(request.headers.get("content-type"))
+    await read_json_body(request)  # 415, and 400 for what is not JSON (NaN, Infinity)
     try:
         config = optimizer_config_adapter.validate_json(await request.body())
     except ValidationError as error:
@@ -136,7 +135,7 @@ async def reset(request: Request, engine: EngineDep) -> dict[str, int]:
     """New initial weights (seeded as LENET_SEED when `seed` is given), fresh optimizer state."""
     seed = None
     if await request.body():
-        check_json_content_type(request.headers.get("content-type"))
+        await read_json_body(request)  # 415, and 400 for what is not JSON (NaN, Infinity)
         try:
             seed = ResetRequest.model_validate_json(await request.body(), strict=True).seed
         except ValidationError as error:

@@ -141,7 +141,8 @@ async def _infer(
         decoded = kserve.parse_infer_request(
             body, request.headers.get(kserve.HEADER_LENGTH), limits
         )
-    prediction = await engine.predict(decoded.images)
+    with kserve.bad_input_is_400():  # finite pixels whose logits overflow: bad input
+        prediction = await engine.predict(decoded.images)
     # The weights may have changed while the request waited: a pinned version must still match.
     _check_model(model_name, model_version, prediction.version)
     answer = kserve.encode_infer_response(
