@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint browser bench docker-check podman-smoke clean
+.PHONY: install run test lint browser haproxy bench docker-check podman-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,13 @@ browser:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-test: $(STAMP) browser
+# Debian's HAProxy runs deploy/haproxy/haproxy.cfg in the deployment tests.
+haproxy:
+	@command -v haproxy >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq haproxy >/dev/null; }
+
+test: $(STAMP) browser haproxy
 	$(MAKE) lint
 	$(VENV)/bin/pytest
 

