@@ -11,9 +11,10 @@ from pydantic import BaseModel, TypeAdapter
 
 from app.engine import Engine
 from app.errors import Forbidden, Unauthorized
+from app.json_body import BodyDecoder
 from app.schemas import ErrorDetail
 from app.settings import Settings, normalize_origin
-from app.tensors import Limits, check_json_content_type, parse_json_object
+from app.tensors import Limits, check_json_content_type
 
 
 class FastJSONResponse(JSONResponse):
@@ -95,9 +96,11 @@ async def require_token(
 
 
 async def read_json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object, after the content type check (415) and parse (400)."""
+    """The request's JSON object, after the content type check (415), inflated (gzip or
+    deflate) and parsed (400), its `inputs` one array; large bodies off the event loop."""
     check_json_content_type(request.headers.get("content-type"))
-    return parse_json_object(await request.body())
+    decoder: BodyDecoder = request.app.state.body_decoder
+    return await decoder.decode(await request.body(), request.headers.get("content-encoding"))
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]

@@ -9,7 +9,6 @@ nested. Every rejection is a `BadRequest` (400), as the protocol wants, and name
 No FastAPI here: `app.routes.v2` passes the body and headers in and sends what comes back.
 """
 
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,8 +19,16 @@ import orjson
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from app.tensors import Limits, images_from_array, nested_to_array, reject_unknown_fields
+from app.errors import BadRequest, InvalidInput
+from app.json_body import HEADER_LENGTH as HEADER_LENGTH  # the v2 routes read the header
+from app.json_body import (
+    INFER_DATA_FIELD,
+    DeferredError,
+    decode_infer_body,
+    nested_to_array,
+)
+from app.json_body import decode_content as decode_content  # the v2 routes inflate with it
+from app.tensors import Limits, images_from_array, reject_unknown_fields
 from models.lenet import INPUT_SHAPE, NUM_CLASSES
 
 MODEL_NAME = "lenet"
@@ -30,7 +37,6 @@ OUTPUT_NAME = "logits"
 DATATYPE = "FP32"
 PLATFORM = "pytorch"
 EXTENSIONS = ("binary_tensor_data",)
-HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_MEDIA_TYPE = "application/octet-stream"
 JSON_MEDIA_TYPE = "application/json"
 
@@ -180,47 +186,6 @@ class InferRequest:
     binary_output: bool
 
 
-def decode_content(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
-    """Undo a gzip or deflate Content-Encoding, refusing more than `max_bytes` once inflated."""
-    encoding = (content_encoding or "identity").strip().lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise UnsupportedMediaType(
-            f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none"
-        )
-    # gzip has its own header; "deflate" in HTTP means the zlib format.
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-    try:
-        # A bounded inflate, so a small compressed bomb cannot take the memory.
-        data = inflater.decompress(body, max_bytes + 1)
-    except zlib.error as error:
-        raise BadRequest(f"the body is not valid {encoding} data: {error}") from error
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(
-            f"the decompressed body is over the limit of {max_bytes} bytes (LENET_MAX_BODY_BYTES)"
-        )
-    if not inflater.eof or inflater.unused_data:
-        raise BadRequest(f"the body is not one complete {encoding} stream")
-    return data
-
-
-def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
-    """The JSON part and the binary part of a request body."""
-    if header_length is None:
-        return body, memoryview(b"")
-    text = header_length.strip()
-    if not (text.isascii() and text.isdigit()):
-        raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
-    # Compared by length first: int() refuses texts past 4300 digits (a 500, not a 400).
-    digits = text.lstrip("0") or "0"
-    if len(digits) > len(str(len(body))) or int(digits) > len(body):
-        shown = digits if len(digits) <= 20 else f"{len(digits)} digits long"
-        raise BadRequest(f"{HEADER_LENGTH} is {shown} but the body has only {len(body)} bytes")
-    length = int(digits)
-    return body[:length], memoryview(body)[length:]
-
-
 def _object(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest(f"{where} must be a JSON object")
@@ -249,8 +214,10 @@ def _input_shape(value: Any, limits: Limits) -> list[int]:
 
 def _images_from_json_data(data: Any, shape: list[int], limits: Limits) -> torch.Tensor:
     """`data` as a flat row-major array or nested to `shape` -> (N, 1, 32, 32)."""
-    field = f"input '{INPUT_NAME}' data"
-    array = nested_to_array(data, field, max_rank=len(shape))
+    field = INFER_DATA_FIELD
+    if isinstance(data, DeferredError):
+        raise data.error
+    array = data if isinstance(data, np.ndarray) else nested_to_array(data, field, len(shape))
     count = int(np.prod(shape))
     if array.ndim == 1 and array.size == count:
         array = array.reshape(shape)
@@ -335,13 +302,15 @@ def _binary_output(request: dict[str, Any], parameters: dict[str, Any]) -> bool:
 
 def parse_infer_request(body: bytes, header_length: str | None, limits: Limits) -> InferRequest:
     """Decode an inference request (JSON, or JSON and binary tensors); 400 on anything wrong."""
-    json_part, binary = _split_body(body, header_length)
-    try:
-        request = orjson.loads(json_part)
-    except orjson.JSONDecodeError as error:
-        raise BadRequest(f"the inference request is not valid JSON: {error}") from error
     with bad_input_is_400():
-        return _parse_request(request, binary, limits)
+        request, binary = decode_infer_body(body, None, header_length, len(body))
+    return infer_request_from(request, binary, limits)
+
+
+def infer_request_from(request: Any, binary: bytes, limits: Limits) -> InferRequest:
+    """The images and answer options of a request `decode_infer_body` has parsed."""
+    with bad_input_is_400():
+        return _parse_request(request, memoryview(binary), limits)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from app.engine import Engine
 from app.guards import GuardsMiddleware, HeadAsGetMiddleware
 from app.http import DOCUMENTED_BODIES
 from app.http_errors import install_error_handlers
+from app.json_body import BodyDecoder
 from app.limits import BodyLimitMiddleware
 from app.routes import documented_routes, include_routes
 from app.settings import Settings, get_settings
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for `settings` (default: from the environment)."""
     settings = settings or get_settings()
     engine = Engine(settings)  # here, so an unavailable device fails at start-up
+    body_decoder = BodyDecoder(settings.max_body_bytes, settings.max_batch_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            body_decoder.close()
             await engine.close()
 
     app = FastAPI(
@@ -80,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.limits = Limits.from_settings(settings)
+    app.state.body_decoder = body_decoder
     # Innermost first.
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s

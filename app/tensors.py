@@ -1,16 +1,16 @@
 """Request tensors -> validated torch tensors, with the limits.
 
-This is the hot path of every JSON request, so it avoids Python-level loops over numbers: the
-body is parsed by orjson, nested arrays are checked level by level with C-level `map`/`set`
-calls (types, lengths) and turned into one numpy array; the base64 form skips number parsing
-altogether. Every rejection names what was wrong and, for a limit, the limit.
+The body has been parsed (and its nested `inputs` made one array) by `app.json_body`; this
+module checks shapes and limits and makes torch tensors, with no Python-level loop over numbers.
+The base64 form skips number parsing altogether. Beside the codec live the other stateless
+tensor checks: resizing, weight validation and byte-stable safetensors files. Every rejection
+names what was wrong and, for a limit, the limit.
 """
 
 import binascii
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -20,21 +20,19 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 
-from app.errors import BadRequest, DeviceUnavailable, InvalidInput, UnsupportedMediaType
+from app.errors import InvalidInput, UnsupportedMediaType
+from app.json_body import (
+    _NUMBER_TYPES,
+    DeferredError,
+    _describe,
+    _finite_float32,
+    check_batch_size,
+    nested_images,
+    nested_to_array,
+)
 from app.schemas import LossName
 from app.settings import Settings
 from models.lenet import INPUT_SHAPE, NUM_CLASSES, PARAMETER_SHAPES
-
-_NUMBER_TYPES = frozenset({int, float})
-_JSON_TYPE_NAMES = {
-    str: "a string",
-    bool: "a boolean",
-    type(None): "null",
-    dict: "an object",
-    list: "an array",
-    int: "a number",
-    float: "a number",
-}
 
 
 @dataclass(frozen=True)
@@ -51,11 +49,7 @@ class Limits:
 
     def check_batch(self, count: int, field: str) -> None:
         """Refuse (422) a request of more than `max_batch_size` images, naming the limit."""
-        if count > self.max_batch_size:
-            raise InvalidInput(
-                f"{field}: batch of {count} images is over the limit of {self.max_batch_size} "
-                "(LENET_MAX_BATCH_SIZE)"
-            )
+        check_batch_size(count, self.max_batch_size, field)
 
 
 @dataclass(frozen=True)
@@ -75,74 +69,11 @@ def check_json_content_type(content_type: str | None) -> None:
         )
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """Parse a JSON body that must be an object (NaN and Infinity literals are not JSON)."""
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        if str(error).startswith("Not enough memory"):
-            raise DeviceUnavailable("the host ran out of memory reading the body") from error
-        raise BadRequest(f"the body is not valid JSON: {error}") from error
-    if not isinstance(value, dict):
-        raise InvalidInput(f"the body must be a JSON object, got {_describe(value)}")
-    return value
-
-
-def _describe(value: Any) -> str:
-    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
-
-
 def reject_unknown_fields(body: dict[str, Any], allowed: frozenset[str], where: str) -> None:
     """Refuse fields we do not read, so a misspelt one is not silently ignored."""
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidInput(f"unknown field(s) in {where}: {unknown}; allowed: {sorted(allowed)}")
-
-
-def nested_to_array(value: Any, field: str, max_rank: int) -> np.ndarray:
-    """A rectangular nested JSON array of numbers -> float64 ndarray; no coercion of types."""
-    if not isinstance(value, list):
-        raise InvalidInput(f"{field} must be an array, got {_describe(value)}")
-    shape: list[int] = []
-    arrays: list[list[Any]] = [value]  # every array at the current depth
-    while True:
-        lengths = set(map(len, arrays))
-        if len(lengths) != 1:
-            raise InvalidInput(f"{field} is ragged: arrays at depth {len(shape)} differ in length")
-        length = lengths.pop()
-        if length == 0:
-            raise InvalidInput(f"{field} is empty along dimension {len(shape)}")
-        shape.append(length)
-        if len(shape) > max_rank:
-            raise InvalidInput(f"{field} has more than {max_rank} dimensions")
-        children = list(chain.from_iterable(arrays))
-        child_types = set(map(type, children))
-        if list not in child_types:
-            break
-        if child_types != {list}:
-            raise InvalidInput(f"{field} is ragged: depth {len(shape)} mixes arrays and numbers")
-        arrays = children
-    if not child_types <= _NUMBER_TYPES:
-        bad = sorted(_describe_type(kind) for kind in child_types - _NUMBER_TYPES)
-        raise InvalidInput(f"{field} must hold only numbers, found {', '.join(bad)}")
-    try:
-        array = np.array(children, dtype=np.float64)
-    except OverflowError as error:
-        raise InvalidInput(f"{field} holds a number too large for float32") from error
-    return array.reshape(shape)
-
-
-def _describe_type(kind: type) -> str:
-    return _JSON_TYPE_NAMES.get(kind, kind.__name__)
-
-
-def _finite_float32(array: np.ndarray, field: str) -> np.ndarray:
-    """`array` as float32, refusing values that are not finite once in float32 (1e39, say)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        result = array.astype(np.float32, copy=False)
-    if not np.isfinite(result).all():
-        raise InvalidInput(f"{field} must hold finite float32 values (no NaN, Infinity or >3.4e38)")
-    return result
 
 
 def images_from_array(array: np.ndarray, field: str, limits: Limits) -> torch.Tensor:
@@ -175,16 +106,12 @@ def images_from_array(array: np.ndarray, field: str, limits: Limits) -> torch.Te
 
 def images_from_nested(value: Any, limits: Limits, field: str = "inputs") -> torch.Tensor:
     """The `inputs` form: nested arrays -> (N, 1, H, W) float32."""
-    if isinstance(value, list):
-        # Check the batch size before building anything big from an oversized request.
-        probe: Any = value
-        rank = 0
-        while isinstance(probe, list) and probe:
-            rank += 1
-            probe = probe[0]
-        if rank in (3, 4):
-            limits.check_batch(len(value), field)
-    return images_from_array(nested_to_array(value, field, max_rank=4), field, limits)
+    # `read_json_body` has already made the array (see app.json_body); other callers pass lists.
+    if isinstance(value, DeferredError):
+        raise value.error
+    if not isinstance(value, np.ndarray):
+        value = nested_images(value, field, limits.max_batch_size)
+    return images_from_array(value, field, limits)
 
 
 _TENSOR_FIELDS = frozenset({"shape", "dtype", "data"})

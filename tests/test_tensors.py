@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load as load_safetensors
 
 from app.errors import BadRequest, InvalidInput, UnsupportedMediaType
+from app.json_body import nested_to_array, parse_json_object
 from app.settings import Settings
 from app.tensors import (
     Limits,
@@ -23,12 +24,10 @@ from app.tensors import (
     images_from_body,
     images_from_nested,
     needs_resize,
-    nested_to_array,
     optional_class,
     optional_flag,
     optional_int,
     optional_lr,
-    parse_json_object,
     reject_unknown_fields,
     resize_images,
     resolve_loss,

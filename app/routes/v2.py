@@ -14,7 +14,8 @@ from fastapi.responses import Response
 from app import kserve
 from app.engine import Engine
 from app.errors import NotFound
-from app.http import EngineDep, FastJSONResponse, LimitsDep, SettingsDep, json_body_doc
+from app.http import EngineDep, FastJSONResponse, LimitsDep, json_body_doc
+from app.json_body import BodyDecoder
 from app.tensors import Limits
 
 router = APIRouter(prefix="/v2", tags=["v2"])
@@ -129,18 +130,18 @@ async def _infer(
     request: Request,
     engine: Engine,
     limits: Limits,
-    max_body_bytes: int,
     model_name: str,
     model_version: str | None,
 ) -> Response:
     _check_model(model_name, model_version, engine.version)
+    decoder: BodyDecoder = request.app.state.body_decoder
     with engine.arriving_prediction():
-        body = kserve.decode_content(
-            await request.body(), request.headers.get("content-encoding"), max_body_bytes
+        parsed, binary = await decoder.decode_infer(
+            await request.body(),
+            request.headers.get("content-encoding"),
+            request.headers.get(kserve.HEADER_LENGTH),
         )
-        decoded = kserve.parse_infer_request(
-            body, request.headers.get(kserve.HEADER_LENGTH), limits
-        )
+        decoded = kserve.infer_request_from(parsed, binary, limits)
     with kserve.bad_input_is_400():  # finite pixels whose logits overflow: bad input
         prediction = await engine.predict(decoded.images)
     # The weights may have changed while the request waited: a pinned version must still match.
@@ -156,10 +157,10 @@ async def _infer(
 
 @router.post(MODEL + "/infer", responses=_INFER_RESPONSES, openapi_extra=_INFER_DOC)
 async def infer(
-    request: Request, engine: EngineDep, limits: LimitsDep, settings: SettingsDep, model_name: str
+    request: Request, engine: EngineDep, limits: LimitsDep, model_name: str
 ) -> Response:
     """Logits for a batch [N, 1, 32, 32] of FP32 images, as JSON or binary tensors."""
-    return await _infer(request, engine, limits, settings.max_body_bytes, model_name, None)
+    return await _infer(request, engine, limits, model_name, None)
 
 
 @router.post(VERSIONED + "/infer", responses=_INFER_RESPONSES, openapi_extra=_INFER_DOC)
@@ -167,9 +168,8 @@ async def infer_version(
     request: Request,
     engine: EngineDep,
     limits: LimitsDep,
-    settings: SettingsDep,
     model_name: str,
     model_version: str,
 ) -> Response:
     """Inference, if `model_version` is the current weights' version (else 404)."""
-    return await _infer(request, engine, limits, settings.max_body_bytes, model_name, model_version)
+    return await _infer(request, engine, limits, model_name, model_version)

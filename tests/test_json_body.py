@@ -1,0 +1,165 @@
+"""JSON bodies: Content-Encoding on every JSON route, and big bodies decoded off the event loop
+(app.json_body), with the same answers either way."""
+
+import gzip
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from app.json_body import INLINE_BYTES, decode_json_body
+from tests.conftest import image_batch, training_state
+from tests.server import LiveServer, start_test_server
+
+ENCODERS: dict[str, Callable[[bytes], bytes]] = {"gzip": gzip.compress, "deflate": zlib.compress}
+IMAGE = image_batch(1).tolist()
+ROUTES: list[tuple[str, dict[str, Any]]] = [
+    ("/predict", {"inputs": IMAGE}),
+    ("/explain", {"inputs": IMAGE}),
+    ("/loss", {"inputs": IMAGE, "targets": [3]}),
+    ("/train-step", {"inputs": IMAGE, "targets": [3]}),
+    ("/backward", {"inputs": IMAGE, "grad_outputs": [1.0] * 10}),
+]
+
+
+def post(client: TestClient, path: str, body: bytes, encoding: str | None = None) -> Any:
+    headers = {"content-type": "application/json"}
+    if encoding is not None:
+        headers["content-encoding"] = encoding
+    return client.post(path, content=body, headers=headers)
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODERS))
+@pytest.mark.parametrize(("path", "body"), ROUTES, ids=[path for path, _ in ROUTES])
+def test_every_json_route_takes_gzip_and_deflate(
+    make_client: Callable[..., TestClient],
+    tmp_path: Path,
+    encoding: str,
+    path: str,
+    body: dict[str, Any],
+) -> None:
+    # Two services, each with a folder of its own (versions are reserved per folder).
+    plain_client = make_client(checkpoint_dir=tmp_path / "plain")
+    encoded_client = make_client(checkpoint_dir=tmp_path / "encoded")
+    raw = orjson.dumps(body)
+    plain = post(plain_client, path, raw)
+    encoded = post(encoded_client, path, ENCODERS[encoding](raw), encoding)
+    assert plain.status_code == encoded.status_code == 200, encoded.text
+    assert encoded.json() == plain.json()
+
+
+def test_an_inflated_body_counts_against_the_body_limit(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(max_body_bytes=64 * 1024)
+    before = training_state(client)
+    bomb = gzip.compress(b'{"inputs": [' + b"0," * 100_000 + b"0]}")
+    assert len(bomb) < 64 * 1024
+    answer = post(client, "/train-step", bomb, "gzip")
+    assert answer.status_code == 413
+    assert "LENET_MAX_BODY_BYTES" in answer.json()["detail"]
+    assert training_state(client) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "status"),
+    [
+        (b"not gzip at all", "gzip", 400),
+        (gzip.compress(b'{"inputs": 1}')[:-4], "gzip", 400),
+        (gzip.compress(b"{}") + b"trailing", "gzip", 400),
+        (b"{}", "br", 415),
+    ],
+)
+def test_bad_encodings_are_refused(
+    client: TestClient, body: bytes, encoding: str, status: int
+) -> None:
+    answer = post(client, "/predict", body, encoding)
+    assert answer.status_code == status, answer.text
+    assert isinstance(answer.json()["detail"], str)
+
+
+def big_body(images: int, bad: bytes | None = None) -> bytes:
+    """A /predict body of `images` 32x32 nested images, over the inline size for >= 60 images;
+    `bad` replaces the very last pixel."""
+    row = b"[" + b",".join([b"0.25"] * 32) + b"]"
+    image = b"[" + b",".join([row] * 32) + b"]"
+    body = b'{"inputs": [' + b",".join([image] * images) + b"]}"
+    if bad is not None:
+        body = body[: -len(b"0.25]]]}")] + bad + b"]]]}"
+    return body
+
+
+@pytest.mark.parametrize("bad", [b'"0.25"', b"true", b"1e39", b"[1]"])
+def test_a_big_body_gets_the_same_answer_as_a_small_one(client: TestClient, bad: bytes) -> None:
+    small, large = big_body(2, bad), big_body(300, bad)
+    assert len(small) <= INLINE_BYTES < len(large)
+    small_answer, large_answer = post(client, "/predict", small), post(client, "/predict", large)
+    assert small_answer.status_code == large_answer.status_code == 422
+    assert small_answer.json() == large_answer.json()
+
+
+def test_a_big_body_is_predicted_like_a_small_one(client: TestClient) -> None:
+    answer = post(client, "/predict", big_body(300))
+    assert answer.status_code == 200, answer.text
+    one = post(client, "/predict", big_body(1)).json()
+    outputs = np.asarray(answer.json()["outputs"])
+    assert outputs.shape == (300, 10)
+    np.testing.assert_allclose(outputs, np.repeat(one["outputs"], 300, axis=0), atol=1e-5)
+
+
+def test_the_decoder_is_one_function_either_way() -> None:
+    raw = orjson.dumps({"inputs": IMAGE, "targets": [1]})
+    body = decode_json_body(gzip.compress(raw), "gzip", 1 << 20, 4)
+    assert isinstance(body["inputs"], np.ndarray) and body["inputs"].dtype == np.float32
+    assert body["targets"] == [1]  # small fields stay JSON, so 3 and 3.0 still differ
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_a_huge_gzip_body_does_not_stall_other_requests(tmp_path: Path) -> None:
+    # The issue's body: about 65 KB of gzip that inflates to just under 64 MiB of numbers.
+    row = b"[" + b",".join([b"0"] * 32) + b"]"
+    image = b"[" + b",".join([row] * 32) + b"]"
+    images = (64 * 1024 * 1024 - 100) // (len(image) + 1)
+    raw = b'{"inputs": [' + b",".join([image] * images) + b"]}"
+    assert 60 * 1024 * 1024 < len(raw) < 64 * 1024 * 1024
+    bomb = gzip.compress(raw, compresslevel=9)
+    server: LiveServer = start_test_server(tmp_path)
+    answer: dict[str, Any] = {}
+
+    def send() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            response = http.post(
+                "/predict",
+                content=bomb,
+                headers={"content-type": "application/json", "content-encoding": "gzip"},
+            )
+            answer["status"], answer["body"] = response.status_code, response.json()
+
+    try:
+        sender = threading.Thread(target=send)
+        latencies = []
+        with server.client() as http:
+            sender.start()
+            deadline = time.monotonic() + 120
+            while sender.is_alive() and time.monotonic() < deadline:
+                started = time.perf_counter()
+                assert http.get("/healthz").status_code == 200
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.05)
+            sender.join(timeout=10)
+            assert http.get("/readyz").status_code == 200
+    finally:
+        server.stop()
+    assert answer["status"] == 422 and "LENET_MAX_BATCH_SIZE" in answer["body"]["detail"]
+    assert len(latencies) >= 5, "the body was decoded too fast to watch"
+    # Before, every route froze for 4-7 s; the contract's half second, with room for a busy CI.
+    assert max(latencies) < 1.5, f"healthz took up to {max(latencies):.2f} s"
