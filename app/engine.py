@@ -30,10 +30,17 @@ from app import inspection
 from app.batching import BatchObserver, PredictionBatcher
 from app.checkpoints import CheckpointError, CheckpointInfo, CheckpointStore, LoadedCheckpoint
 from app.device import configure, on_device_failure, resolve_device
-from app.errors import InvalidInput, NonFiniteStep, NotFound, NotReady
+from app.errors import Conflict, InvalidInput, NonFiniteStep, NotFound, NotReady
 from app.optimizers import OptimizerConfig, SGDConfig, optimizer_config_adapter
 from app.prediction import Prediction, predict_batch
-from app.schemas import LossName, LossResponse, TrainStepResponse
+from app.schemas import (
+    BackwardResponse,
+    ExplainResponse,
+    LossName,
+    LossResponse,
+    StepResponse,
+    TrainStepResponse,
+)
 from app.settings import Settings
 from app.snapshot import Counters, TrainingSnapshot
 from app.tensors import needs_resize, resize_images, save_weights, validate_weights
@@ -265,6 +272,7 @@ class Engine:
         self._autosave_if_due()
         return TrainStepResponse(
             loss=loss_value,
+            loss_name=loss_name,
             grad_norm=grad_norm,
             batch_size=int(images.shape[0]),
             version=self.version,
@@ -288,10 +296,12 @@ class Engine:
         loss_name: LossName,
         backward: bool,
         graph: bool,
+        zero_grad: bool = True,
     ) -> LossResponse:
-        """The loss of a batch without an update; gradients kept with `backward`."""
+        """The loss of a batch without an update; gradients kept with `backward` (added to
+        those there when not `zero_grad`)."""
         images = await self._network_sized(images)
-        return await self._run(self._loss, images, targets, loss_name, backward, graph)
+        return await self._run(self._loss, images, targets, loss_name, backward, graph, zero_grad)
 
     @on_device_failure
     def _loss(
@@ -301,18 +311,106 @@ class Engine:
         loss_name: LossName,
         backward: bool,
         graph: bool,
+        zero_grad: bool,
     ) -> LossResponse:
         with torch.set_grad_enabled(backward or graph):
             loss = self._forward_loss(images, targets, loss_name)
         loss_value = self._finite_loss(loss)
         graph_json = inspection.autograd_graph(loss, self._parameters) if graph else None
         if backward:
-            with self._all_or_nothing():
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                self._finite_gradient_norm()
+            self._backward(loss, None, zero_grad)
         return LossResponse.model_validate(
-            {"loss": loss_value, "version": self.version, "step": self.step, "graph": graph_json}
+            {
+                "loss": loss_value,
+                "loss_name": loss_name,
+                "version": self.version,
+                "step": self.step,
+                "graph": graph_json,
+            }
+        )
+
+    def _backward(
+        self, tensor: torch.Tensor, gradient: torch.Tensor | None, zero_grad: bool
+    ) -> float:
+        """`tensor.backward(gradient)` into the parameters' gradients, after zeroing them if
+        asked; refused whole if any gradient turns non-finite. Answers the gradients' norm."""
+        with self._all_or_nothing():
+            if zero_grad:
+                self.optimizer.zero_grad(set_to_none=True)
+            tensor.backward(gradient)  # type: ignore[no-untyped-call]
+            return self._finite_gradient_norm()
+
+    # ----------------------------------------------------------------- the tutorial's cells
+
+    async def zero_grad(self) -> dict[str, int]:
+        """`net.zero_grad()`: every gradient becomes None (set_to_none, torch's default)."""
+        return await self._run(self._zero_grad)
+
+    def _zero_grad(self) -> dict[str, int]:
+        self.model.zero_grad(set_to_none=True)
+        return {"version": self.version, "step": self.step}
+
+    async def backward(
+        self, images: torch.Tensor, grad_outputs: torch.Tensor, zero_grad: bool
+    ) -> BackwardResponse:
+        """`out = net(x); out.backward(grad_outputs)`; the gradients stay for `/step`."""
+        images = await self._network_sized(images)
+        return await self._run(self._backward_outputs, images, grad_outputs, zero_grad)
+
+    @on_device_failure
+    def _backward_outputs(
+        self, images: torch.Tensor, grad_outputs: torch.Tensor, zero_grad: bool
+    ) -> BackwardResponse:
+        outputs = self.model(images.to(self.device))
+        grad_norm = self._backward(outputs, grad_outputs.to(self.device), zero_grad)
+        return BackwardResponse.model_validate(
+            {
+                "outputs": outputs.detach().cpu().tolist(),
+                "grad_norm": grad_norm,
+                "version": self.version,
+                "step": self.step,
+            }
+        )
+
+    async def step_with_gradients(self, lr: float | None) -> StepResponse:
+        """`optimizer.step()` on the gradients already there; they stay afterwards."""
+        self.check_lr(lr)
+        return await self._run(self._step_with_gradients, lr)
+
+    @on_device_failure
+    def _step_with_gradients(self, lr: float | None) -> StepResponse:
+        if all(p.grad is None for p in self._parameters.values()):
+            raise Conflict(
+                'there are no gradients to step with: run POST /loss with "backward": true '
+                "or POST /backward first"
+            )
+        with self._all_or_nothing(refused_step=True):
+            grad_norm = self._finite_gradient_norm()
+            self._optimizer_step(lr)
+        self._autosave_if_due()
+        return StepResponse(
+            grad_norm=grad_norm,
+            version=self.version,
+            step=self.step,
+            optimizer=self.optimizer_public(lr),
+        )
+
+    async def explain(
+        self, image: torch.Tensor, target: int | None, version: int | None
+    ) -> ExplainResponse:
+        """Every layer's output and the saliency map for one image; changes nothing."""
+        if version is not None and version != self.version:
+            raise NotFound(
+                f"version {version} is not resident; only the current version {self.version} is"
+            )
+        image = await self._network_sized(image)
+        return await self._run(self._explain, image, target)
+
+    @on_device_failure
+    def _explain(self, image: torch.Tensor, target: int | None) -> ExplainResponse:
+        explained = inspection.explain(self.model, image.to(self.device), target)
+        return ExplainResponse.model_validate(
+            {**explained, "version": self.version, "step": self.step}
         )
 
     # ----------------------------------------------------------------- optimizer

@@ -33,6 +33,12 @@ class NotFound(LenetError):
     status_code = 404
 
 
+class Conflict(LenetError):
+    """The request cannot run in the service's present state (no gradients to step with)."""
+
+    status_code = 409
+
+
 class PayloadTooLarge(LenetError):
     """The body is larger than the body limit."""
 

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from models.lenet import INPUT_SHAPE, LAYER_NAMES, NUM_CLASSES
+from models.lenet import INPUT_SHAPE, LAYER_NAMES, NUM_CLASSES, Net
 
 STAT_NAMES = ("mean", "std", "min", "max", "norm")
 
@@ -114,4 +115,34 @@ def describe_model(model: torch.nn.Module, device: torch.device) -> dict[str, An
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
         "dtype": "float32",
+    }
+
+
+def explain(model: Net, image: torch.Tensor, target: int | None) -> dict[str, Any]:
+    """POST /explain for one image (1, 1, 32, 32) on the model's device: every layer's output
+    along the tutorial's forward, and the saliency `d fc3[target] / d x` (target: the predicted
+    class when None). `torch.autograd.grad` with the image as its only input leaves the
+    parameters' `.grad` as they were."""
+    x = image.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        conv1 = F.relu(model.conv1(x))  # (1, 6, 28, 28)
+        pool1 = F.max_pool2d(conv1, (2, 2))  # (1, 6, 14, 14)
+        conv2 = F.relu(model.conv2(pool1))  # (1, 16, 10, 10)
+        pool2 = F.max_pool2d(conv2, 2)  # (1, 16, 5, 5)
+        fc1 = F.relu(model.fc1(torch.flatten(pool2, 1)))  # (1, 120)
+        fc2 = F.relu(model.fc2(fc1))  # (1, 84)
+        fc3 = model.fc3(fc2)  # (1, 10)
+        prediction = int(torch.argmax(fc3, dim=1))
+        chosen = prediction if target is None else target
+        (saliency,) = torch.autograd.grad(fc3[0, chosen], x)
+    layers = {"conv1": conv1, "pool1": pool1, "conv2": conv2, "pool2": pool2}
+    layers.update(fc1=fc1, fc2=fc2, fc3=fc3)
+    activations = {name: tensor.detach()[0].cpu().tolist() for name, tensor in layers.items()}
+    return {
+        "prediction": prediction,
+        "target": chosen,
+        "outputs": activations["fc3"],
+        "probabilities": torch.softmax(fc3.detach()[0], dim=0).cpu().tolist(),
+        "activations": activations,
+        "saliency": saliency[0, 0].cpu().tolist(),
     }

@@ -46,10 +46,32 @@ class TrainStepRequest(PredictRequest):
 
 
 class LossRequest(TrainStepRequest):
-    """As a training step, plus whether to keep gradients and to return the autograd graph."""
+    """As a training step, plus whether to keep gradients (added to the ones there with
+    `zero_grad` false) and to return the autograd graph."""
 
     backward: bool = False
     graph: bool = False
+    zero_grad: bool = True
+
+
+class BackwardRequest(PredictRequest):
+    """The tutorial's `out.backward(grad_outputs)`: N x 10 numbers (10 when N is 1)."""
+
+    grad_outputs: list[Number] | list[list[Number]]
+    zero_grad: bool = True
+
+
+class StepRequest(_Strict):
+    """`optimizer.step()` on the gradients already there; `lr` for this step only."""
+
+    lr: Annotated[float, Field(gt=0)] | None = None
+
+
+class ExplainRequest(PredictRequest):
+    """One image; the class whose saliency to show (default: the predicted one)."""
+
+    target: Annotated[int, Field(ge=0, le=9)] | None = None
+    version: int | None = None
 
 
 class ResetRequest(_Strict):
@@ -72,6 +94,7 @@ class TrainStepResponse(BaseModel):
     """What one optimizer step did; `loss` is from before the update."""
 
     loss: float
+    loss_name: LossName
     grad_norm: float
     batch_size: int
     version: int
@@ -99,9 +122,53 @@ class LossResponse(BaseModel):
     """A loss without an update."""
 
     loss: float
+    loss_name: LossName
     version: int
     step: int
     graph: AutogradGraph | None
+
+
+class BackwardResponse(BaseModel):
+    """The outputs of the forward pass and the norm of the gradients now held."""
+
+    outputs: list[list[float]]
+    grad_norm: float
+    version: int
+    step: int
+
+
+class StepResponse(BaseModel):
+    """What `optimizer.step()` did with the gradients that were there."""
+
+    grad_norm: float
+    version: int
+    step: int
+    optimizer: dict[str, Any]
+
+
+class Activations(BaseModel):
+    """Every layer's output for one image, as the tutorial's forward computes it."""
+
+    conv1: list[list[list[float]]]
+    pool1: list[list[list[float]]]
+    conv2: list[list[list[float]]]
+    pool2: list[list[list[float]]]
+    fc1: list[float]
+    fc2: list[float]
+    fc3: list[float]
+
+
+class ExplainResponse(BaseModel):
+    """What one forward pass does inside, and `d fc3[target] / d x` over the 32x32 image."""
+
+    version: int
+    step: int
+    prediction: int
+    target: int
+    outputs: list[float]
+    probabilities: list[float]
+    activations: Activations
+    saliency: list[list[float]]
 
 
 class Stats(BaseModel):

@@ -268,6 +268,47 @@ def targets_from_json(value: Any, batch_size: int) -> Targets:
     )
 
 
+def vectors_from_json(value: Any, batch_size: int, field: str) -> torch.Tensor:
+    """N x 10 numbers (a length-10 array when N is 1) -> (N, 10) float32: the tutorial's
+    `out.backward(torch.randn(1, 10))` gradients."""
+    if value is None:
+        raise InvalidInput(f"{field} is required")
+    array = nested_to_array(value, field, max_rank=2)
+    if array.ndim == 1 and batch_size == 1 and array.shape[0] == NUM_CLASSES:
+        array = array[None]
+    if array.shape != (batch_size, NUM_CLASSES):
+        raise InvalidInput(
+            f"{field} must be a [{batch_size}, {NUM_CLASSES}] array (one row of {NUM_CLASSES} "
+            f"per image); got shape {list(array.shape)}"
+        )
+    return torch.from_numpy(_finite_float32(array, field))
+
+
+def single_image(images: torch.Tensor, field: str) -> torch.Tensor:
+    """Refuse (422) a batch of more than one image, where the route explains one."""
+    if images.shape[0] != 1:
+        raise InvalidInput(f"{field}: give exactly one image, got {images.shape[0]}")
+    return images
+
+
+def optional_class(value: Any, field: str) -> int | None:
+    """A class index 0-9 as a JSON integer, or absent."""
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value < NUM_CLASSES:
+        raise InvalidInput(f"{field} must be a class index, an integer 0-{NUM_CLASSES - 1}")
+    return value
+
+
+def optional_int(value: Any, field: str) -> int | None:
+    """A JSON integer, or absent."""
+    if value is None:
+        return None
+    if type(value) is not int:
+        raise InvalidInput(f"{field} must be an integer, got {_describe(value)}")
+    return value
+
+
 def _all_json_integers(value: list[Any]) -> bool:
     return set(map(type, value)) == {int}
 
@@ -296,9 +337,9 @@ def optional_lr(value: Any) -> float | None:
     return float(value)
 
 
-def optional_flag(body: dict[str, Any], name: str) -> bool:
-    """A boolean field that defaults to false; no truthy numbers or strings."""
-    value = body.get(name, False)
+def optional_flag(body: dict[str, Any], name: str, default: bool = False) -> bool:
+    """A boolean field with a default; no truthy numbers or strings."""
+    value = body.get(name, default)
     if type(value) is not bool:
         raise InvalidInput(f"{name} must be true or false, got {_describe(value)}")
     return value

@@ -27,6 +27,9 @@ MUTATING: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/reset", {"json": {"seed": 3}}),
     ("POST", "/checkpoints", {}),
     ("POST", "/checkpoints/{id}/restore", {}),
+    ("POST", "/zero-grad", {}),
+    ("POST", "/backward", {"json": {"inputs": ONE_IMAGE, "grad_outputs": [1.0] * 10}}),
+    ("POST", "/step", {}),
     (
         "PUT",
         "/params/import",
@@ -150,7 +153,9 @@ def test_exactly_the_mutating_routes_need_the_token(guarded: tuple[TestClient, s
                 open_writes.add((method, path))
     assert guarded_routes == MUTATING_PATHS
     # Whatever else writes must be a prediction (it reads the weights and changes nothing).
-    assert open_writes and all("predict" in p or "infer" in p for _, p in open_writes), open_writes
+    assert open_writes and all(
+        "predict" in p or "infer" in p or p == "/explain" for _, p in open_writes
+    ), open_writes
 
 
 def test_token_settings() -> None:

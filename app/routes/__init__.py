@@ -8,10 +8,24 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
-from app.routes import checkpoints, health, images, metrics, page, params, predict, training, v2
+from app.routes import (
+    cells,
+    checkpoints,
+    explain,
+    health,
+    images,
+    metrics,
+    page,
+    params,
+    predict,
+    training,
+    v2,
+)
 
 ROUTERS = (
     training.router,  # /train-step, /loss, /optimizer(s), /reset
+    cells.router,  # /zero-grad, /backward, /step: the tutorial's loop cell by cell
+    explain.router,  # /explain
     params.router,  # /params, /model, /params/export, /params/import
     checkpoints.router,  # /checkpoints
     images.router,  # /predict/image

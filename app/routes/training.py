@@ -89,8 +89,9 @@ async def loss(request: Request, engine: EngineDep, limits: LimitsDep) -> FastJS
     if "lr" in body:
         engine.check_lr(optional_lr(body["lr"]))
     backward, graph = optional_flag(body, "backward"), optional_flag(body, "graph")
+    zero_grad = optional_flag(body, "zero_grad", default=True)
     images, targets, loss_name = _batch_and_targets(body, limits)
-    result = await engine.loss(images, targets.values, loss_name, backward, graph)
+    result = await engine.loss(images, targets.values, loss_name, backward, graph, zero_grad)
     return FastJSONResponse(result.model_dump())
 
 
