@@ -13,7 +13,7 @@ const EXPLAIN_EVERY_MS = 250;
 // trained net's large ones do not all saturate. Logits and the saliency are signed: diverging.
 export const ACTIVATION_SCALE = makeScale(4, { signed: false, gamma: 0.5 });
 export const LOGIT_SCALE = makeScale(20, { gamma: 0.5 });
-export const SALIENCY_SCALE = makeScale(0.1, { gamma: 0.5 });
+export const SALIENCY_SCALE = makeScale(0.05, { gamma: 0.5 });
 
 // The maps, in the tutorial's forward order: [layer, channels, side, CSS size of one map].
 const MAP_LAYERS = [
@@ -125,7 +125,12 @@ export function createExplainView({ api, pad, noteVersion, showError }) {
     labels();
   }
 
+  function logitsLabel(logits) {
+    return t("explain.fc3.values", { values: logits.map((v, digit) => `${digit}: ${v.toFixed(4)}`).join(", ") });
+  }
+
   function labels() {
+    if (last) $("act-fc3").setAttribute("aria-label", logitsLabel(last.activations.fc3));
     for (const title of $("activations").querySelectorAll("h3[data-layer]")) {
       setText(title, `explain.layer.${title.dataset.layer}`);
     }
@@ -145,7 +150,8 @@ export function createExplainView({ api, pad, noteVersion, showError }) {
     drawMap(canvas, rows, ACTIVATION_SCALE, Math.floor(336 / rows.length));
     canvas.dataset.layer = layer;
     canvas.dataset.channel = String(channel);
-    setText($("map-dialog-title"), "dialog.title", { layer, channel, side: rows.length });
+    const largest = Math.max(...rows.flat());
+    setText($("map-dialog-title"), "dialog.title", { layer, channel, side: rows.length, max: largest.toFixed(3) });
     canvas.setAttribute("aria-label", t("explain.map.aria", { layer, channel }));
     const dialog = $("map-dialog");
     if (!dialog.open) dialog.showModal();
@@ -158,6 +164,7 @@ export function createExplainView({ api, pad, noteVersion, showError }) {
     }
     for (const [layer] of STRIP_LAYERS) drawMap(maps[layer][0], [answer.activations[layer]], ACTIVATION_SCALE);
     drawLogits($("act-fc3"), answer.activations.fc3, answer.prediction, LOGIT_SCALE);
+    $("act-fc3").setAttribute("aria-label", logitsLabel(answer.activations.fc3));
     drawSaliency($("saliency"), image, answer.saliency, SALIENCY_SCALE);
     const view = $("explain-view");
     view.dataset.version = String(answer.version);
@@ -209,6 +216,7 @@ export function createExplainView({ api, pad, noteVersion, showError }) {
   drawColourBar($("activation-scale"), ACTIVATION_SCALE);
   drawColourBar($("logit-scale"), LOGIT_SCALE);
   drawColourBar($("saliency-scale"), SALIENCY_SCALE);
+  drawColourBar($("map-large-scale"), ACTIVATION_SCALE);
   onLanguageChange(labels);
   return { update };
 }
