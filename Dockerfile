@@ -43,6 +43,9 @@ RUN pip install -r /tmp/requirements.txt
 
 COPY app ./app
 COPY models ./models
+# The client package is small, pure Python and needs nothing the server lacks; the `train` extra
+# (scikit-learn, tqdm) is left out, as it is not in `dependencies`.
+COPY lenet_client ./lenet_client
 RUN pip install --no-deps . \
  && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 

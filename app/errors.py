@@ -71,3 +71,21 @@ class NotReady(LenetError):
     """The model is not serving: before start-up has finished, or after shutdown began."""
 
     status_code = 503
+
+
+class Forbidden(LenetError):
+    """A cross-site request to a route that changes anything (its Origin is another site's)."""
+
+    status_code = 403
+
+
+class RequestTimeout(LenetError):
+    """The body did not arrive whole within LENET_BODY_TIMEOUT_S of the end of the headers."""
+
+    status_code = 408
+
+
+class HeadersTooLarge(LenetError):
+    """The request's headers are larger than the server reads."""
+
+    status_code = 431

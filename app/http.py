@@ -9,9 +9,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, TypeAdapter
 
 from app.engine import Engine
-from app.errors import Unauthorized
+from app.errors import Forbidden, Unauthorized
 from app.schemas import ErrorDetail
-from app.settings import Settings
+from app.settings import Settings, normalize_origin
 from app.tensors import Limits, check_json_content_type, parse_json_object
 
 
@@ -46,9 +46,32 @@ async def get_limits(request: Request) -> Limits:
     return limits
 
 
+def _is_foreign_origin(request: Request, origins: list[str], allowed: tuple[str, ...]) -> bool:
+    """Whether the request's `Origin` names another origin than the one it was sent to (the
+    connection's scheme and the Host header) and none of `allowed` (LENET_CORS_ORIGINS)."""
+    if len(origins) != 1:
+        return True  # two Origin headers: no browser sends that
+    try:
+        origin = normalize_origin(origins[0])  # "null" (sandboxed pages, files) fails here
+        own = normalize_origin(f"{request.url.scheme}://{request.headers.get('host', '')}")
+    except ValueError:
+        return True
+    return origin != own and origin not in allowed
+
+
 async def require_token(request: Request) -> None:
-    """When LENET_API_TOKEN is set, refuse (401) a request without `Bearer <token>`."""
+    """Guard every route that changes anything: a cross-site request (its Origin is another
+    site's) is 403, with or without a token; then, when LENET_API_TOKEN is set, a request
+    without `Bearer <token>` is 401."""
     settings: Settings = request.app.state.settings
+    # A browser sends Origin with every cross-site POST, preflight or not (an empty or
+    # text/plain body needs none); clients that are not browsers send none and pass.
+    origins = request.headers.getlist("origin")
+    if origins and _is_foreign_origin(request, origins, settings.cors_origins):
+        raise Forbidden(
+            f"cross-site request refused: Origin {origins[0][:200]!r} is neither this "
+            "server's origin nor one in LENET_CORS_ORIGINS"
+        )
     if settings.api_token is None:
         return
     expected = settings.api_token.get_secret_value().encode()

@@ -19,7 +19,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 from starlette.types import Scope, Send
 
 from app.errors import LenetError, Unauthorized
@@ -27,9 +26,6 @@ from app.errors import LenetError, Unauthorized
 logger = logging.getLogger("lenet")
 
 JSON_MEDIA_TYPE = "application/json"
-# nginx's "client closed request": the client went away while its body was being read. Nobody
-# receives this answer; it is what the metrics count instead of a 500.
-CLIENT_CLOSED_REQUEST = 499
 
 
 def is_v2(path: str) -> bool:
@@ -126,9 +122,6 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {**(headers or {}), "Allow": _allowed_methods(request, headers)}
         return error_response(request.url.path, error.status_code, error.detail, headers)
 
-    async def on_client_disconnect(request: Request, error: Exception) -> Response:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-
     async def on_unexpected_error(request: Request, error: Exception) -> Response:
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(request.url.path, 500, "internal server error")
@@ -136,5 +129,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LenetError, on_lenet_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(ClientDisconnect, on_client_disconnect)
     app.add_exception_handler(Exception, on_unexpected_error)

@@ -10,6 +10,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app import metrics
 from app.engine import Engine
+from app.guards import GuardsMiddleware, HeadAsGetMiddleware
 from app.http import DOCUMENTED_BODIES
 from app.http_errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
@@ -71,8 +72,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.limits = Limits.from_settings(settings)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    metrics.install(app, engine)  # outermost: it also counts what the body limit refuses
+    # Innermost first.
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
+    app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(GuardsMiddleware, allowed_hosts=settings.allowed_hosts)
+    metrics.install(app, engine)  # outermost: it also counts what the guards and limits refuse
     install_error_handlers(app)
     include_routes(app)
     _install_openapi(app)

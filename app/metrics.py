@@ -21,6 +21,8 @@ from app.engine import Engine
 
 # The label of requests that no route handled: unknown paths, and bodies refused before routing.
 UNROUTED = "<unrouted>"
+# nginx's "client closed request": the client went away before its answer started.
+CLIENT_CLOSED = 499
 # Clients can send any token as a method; anything else is labelled OTHER_METHOD.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER_METHOD = "other"
@@ -142,16 +144,33 @@ class MetricsMiddleware:
         started = perf_counter()
         # An exception that escapes before an answer started becomes a 500 further out.
         status = 500
+        answered = False
+        gone = False
+
+        async def watching_receive() -> Message:
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and not answered:
+                gone = True
+            return message
 
         async def send_with_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
+                answered = True
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, watching_receive, send_with_status)
+        except Exception:
+            # A client that left mid-body is not an error: the app's failure to read the rest
+            # (Starlette's ClientDisconnect, say) is dropped here, before it is logged as a 500.
+            if not gone:
+                raise
         finally:
+            if gone:
+                status = CLIENT_CLOSED  # whatever the app answered into the closed connection
             # The router fills in scope["route"] while it handles the request.
             method = scope["method"] if scope["method"] in _METHODS else OTHER_METHOD
             self.metrics.observe_request(

@@ -2,16 +2,55 @@
 
 import ipaddress
 import logging
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger("lenet.settings")
 
 MiB = 1024 * 1024
+
+# A DNS name (letters, digits, hyphens, dots) or an IPv4 address; IPv6 goes in brackets.
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_host_name(text: str) -> str:
+    """`text` as a Host name (lower case, IPv6 in brackets); ValueError if it is not one."""
+    name = text.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        ipaddress.IPv6Address(name[1:-1])  # raises ValueError
+        return name
+    if not _HOST_NAME.fullmatch(name):
+        raise ValueError(f"{text!r} is not a host name (no scheme, port or path; IPv6 in [])")
+    return name
+
+
+def normalize_origin(text: str) -> str:
+    """`text` as a web origin `scheme://host[:port]` (lower case, default port left out), the
+    form browsers send in `Origin`; ValueError if it is not one."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in _DEFAULT_PORTS or parts.path or parts.query or parts.fragment:
+        raise ValueError(f"{text!r} is not an origin: http(s)://host[:port], without a path")
+    if parts.username is not None or parts.password is not None or not parts.hostname:
+        raise ValueError(f"{text!r} is not an origin: http(s)://host[:port], without a path")
+    host = parts.hostname
+    host = normalize_host_name(f"[{host}]" if ":" in host else host)
+    port = parts.port  # raises ValueError past 65535 or when not a number
+    if port is None or port == _DEFAULT_PORTS[parts.scheme]:
+        return f"{parts.scheme}://{host}"
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def _comma_separated(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
 
 
 class Settings(BaseSettings):
@@ -38,6 +77,15 @@ class Settings(BaseSettings):
 
     # Security.
     api_token: SecretStr | None = None
+    # Host names served (DNS rebinding); unset: loopback names on a loopback address, any
+    # elsewhere. "*" serves any.
+    allowed_hosts: Annotated[tuple[str, ...] | None, NoDecode] = None
+    # Origins besides the server's own whose pages may send requests that change anything.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # Time from the end of a request's headers to the end of its body (408 past it), and, under
+    # `lenet serve`, from a connection's first byte (or a request's) to the end of the headers.
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 30.0
+    header_timeout_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 10.0
 
     # Limits, each named in the message of the request that hits it.
     max_batch_size: Annotated[int, Field(ge=1)] = 1024
@@ -78,6 +126,35 @@ class Settings(BaseSettings):
         if len(value.get_secret_value()) < 8:
             raise ValueError("api_token must be at least 8 characters")
         return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        value = _comma_separated(value)
+        return None if value == () else value  # an empty value means the default
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_are_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None or value == ("*",):
+            return value
+        if "*" in value:
+            raise ValueError("allowed_hosts: '*' (any host) goes alone, not beside names")
+        return tuple(normalize_host_name(name) for name in value)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        return _comma_separated(value)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin.strip().lower() in ("*", "null"):
+                # "*" would let every site train the model, "null" every sandboxed page or file.
+                raise ValueError(f"cors_origins: {origin!r} is not allowed; name each origin")
+        return tuple(normalize_origin(origin) for origin in value)
 
     @property
     def host_is_loopback(self) -> bool:

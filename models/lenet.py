@@ -9,34 +9,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-INPUT_SHAPE = (1, 32, 32)
-NUM_CLASSES = 10
-PARAMETER_NAMES = (
-    "conv1.weight",
-    "conv1.bias",
-    "conv2.weight",
-    "conv2.bias",
-    "fc1.weight",
-    "fc1.bias",
-    "fc2.weight",
-    "fc2.bias",
-    "fc3.weight",
-    "fc3.bias",
+from models.constants import (
+    INPUT_SHAPE,
+    LAYER_NAMES,
+    NUM_CLASSES,
+    PARAMETER_NAMES,
+    PARAMETER_SHAPES,
 )
-# The shape of each parameter, in the order of PARAMETER_NAMES (tests check it against Net()).
-PARAMETER_SHAPES: dict[str, tuple[int, ...]] = {
-    "conv1.weight": (6, 1, 5, 5),
-    "conv1.bias": (6,),
-    "conv2.weight": (16, 6, 5, 5),
-    "conv2.bias": (16,),
-    "fc1.weight": (120, 400),
-    "fc1.bias": (120,),
-    "fc2.weight": (84, 120),
-    "fc2.bias": (84,),
-    "fc3.weight": (10, 84),
-    "fc3.bias": (10,),
-}
-LAYER_NAMES = ("conv1", "conv2", "fc1", "fc2", "fc3")
+
+__all__ = [
+    "INPUT_SHAPE",
+    "LAYER_NAMES",
+    "NUM_CLASSES",
+    "PARAMETER_NAMES",
+    "PARAMETER_SHAPES",
+    "Net",
+    "build_net",
+]
 
 
 class Net(nn.Module):

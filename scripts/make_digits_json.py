@@ -1,4 +1,4 @@
-"""Write app/static/digits.json: scikit-learn's `load_digits` with a fixed held-out split.
+"""Write app/static/digits.json: scikit-learn's `load_digits` with `lenet train`'s held-out split.
 
 The web page trains on these 8x8 images through POST /train-step and measures held-out accuracy
 through POST /predict; the server resizes 8x8 to 32x32 bilinearly, as the contract says.
@@ -7,6 +7,9 @@ Each image is one string of 64 characters, row by row, one base-17 digit per pix
 ('0'-'9', 'a'-'g' = 0..16, the data set's own integer scale): `int(c, 17)` in Python,
 `parseInt(c, 17)` in JavaScript. That keeps the file near 130 KB instead of ~300 KB of
 JSON integer arrays, and it stays readable text that diffs well.
+
+The split is `lenet_client.datasets.stratified_split`, the one `lenet train` uses: the page and
+the command hold out the same 20% of each class, so their accuracies are comparable.
 
 Usage: python scripts/make_digits_json.py [--out app/static/digits.json]
 """
@@ -17,14 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+
+from lenet_client.datasets import (
+    DIGITS_MAX_VALUE,
+    EVAL_FRACTION,
+    SPLIT_SEED,
+    digits_arrays,
+    stratified_split,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "app" / "static" / "digits.json"
-HELD_OUT_FRACTION = 0.2
-SPLIT_SEED = 0
-BASE = 17  # pixel values are 0..16
+BASE = DIGITS_MAX_VALUE + 1  # pixel values are 0..16
 ALPHABET = "0123456789abcdefg"
 
 
@@ -42,15 +49,8 @@ def decode_image(text: str) -> np.ndarray:
 
 def build() -> dict[str, Any]:
     """The data set and its fixed, stratified split as a JSON-ready dict."""
-    digits = load_digits()
-    images = digits.images.astype(np.int64)  # (1797, 8, 8), ints 0..16
-    labels = digits.target.astype(np.int64)
-    train_idx, held_out_idx = train_test_split(
-        np.arange(len(labels)),
-        test_size=HELD_OUT_FRACTION,
-        random_state=SPLIT_SEED,
-        stratify=labels,
-    )
+    images, labels = digits_arrays()  # (1797, 8, 8) ints 0..16, (1797,)
+    train_idx, held_out_idx = stratified_split(labels, EVAL_FRACTION, SPLIT_SEED)
 
     def split(indices: np.ndarray) -> dict[str, Any]:
         return {
@@ -65,13 +65,13 @@ def build() -> dict[str, Any]:
         "max_value": BASE - 1,
         "encoding": "each image: 64 base-17 characters ('0'-'9','a'-'g' = 0..16), row by row",
         "split": {
-            "method": "sklearn.model_selection.train_test_split",
-            "test_size": HELD_OUT_FRACTION,
+            "method": "lenet_client.datasets.stratified_split",
+            "test_size": EVAL_FRACTION,
             "random_state": SPLIT_SEED,
             "stratify": True,
         },
-        "train": split(np.sort(train_idx)),
-        "held_out": split(np.sort(held_out_idx)),
+        "train": split(train_idx),  # sorted indices, as stratified_split answers them
+        "held_out": split(held_out_idx),
     }
 
 

@@ -1,8 +1,12 @@
-"""app.datasets: the IDX reader, MNIST and folder loaders, the split, the resize, the shifts."""
+"""lenet_client.datasets: IDX, MNIST and folder loaders, the split (shared with the page), the
+resize, the shifts."""
 
 import gzip
+import importlib.util
+import json
 import struct
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -10,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from app.datasets import (
+from lenet_client.datasets import (
     DatasetError,
+    digits_arrays,
     load_digits,
     load_folder,
     load_mnist,
@@ -21,6 +26,8 @@ from app.datasets import (
     resize_bilinear,
     stratified_split,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
@@ -279,3 +286,50 @@ def test_random_shift_moves_each_image_within_the_bound() -> None:
     rows, cols = np.nonzero(shifted.max(axis=2))[1], np.nonzero(shifted.max(axis=1))[1]
     assert set(rows.tolist()) == set(cols.tolist()) == {2, 3, 4, 5, 6}  # every offset happens
     assert random_shift(images, 0, np.random.default_rng(0)) is images
+
+
+# ---------------------------------------------------------------- the page's digits
+
+
+def digits_script() -> ModuleType:
+    """scripts/make_digits_json.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "make_digits_json", ROOT / "scripts/make_digits_json.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_digits_json_is_what_the_script_writes() -> None:
+    """The committed file is the script's output, byte for byte, in its documented format."""
+    text = (ROOT / "app/static/digits.json").read_text()
+    data = digits_script().build()
+    assert text == json.dumps(data, indent=1) + "\n"
+    assert list(data) == ["source", "side", "max_value", "encoding", "split", "train", "held_out"]
+    assert data["split"]["test_size"] == 0.2 and data["split"]["stratify"] is True
+
+
+def test_the_page_holds_out_exactly_the_digits_lenet_train_holds_out() -> None:
+    page = json.loads((ROOT / "app/static/digits.json").read_text())
+    cli = load_digits()  # what `lenet train` trains and evaluates on
+
+    def decoded(part: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+        pixels = [[int(char, page["max_value"] + 1) for char in image] for image in part["images"]]
+        images = np.asarray(pixels, dtype=np.float32).reshape(-1, page["side"], page["side"])
+        scaled = images / np.float32(page["max_value"])
+        return resize_bilinear(scaled, 32, 32), np.asarray(list(part["labels"]), dtype=np.int64)
+
+    held_out_images, held_out_labels = decoded(page["held_out"])
+    train_images, train_labels = decoded(page["train"])
+    assert len(held_out_labels) == 359 and len(train_labels) == 1438
+    # The same images in the same (index) order: the page's held-out indices are the CLI's.
+    np.testing.assert_array_equal(held_out_images, cli.eval_images)
+    np.testing.assert_array_equal(held_out_labels, cli.eval_labels)
+    np.testing.assert_array_equal(train_images, cli.train_images)
+    np.testing.assert_array_equal(train_labels, cli.train_labels)
+    # And those are stratified_split's indices into scikit-learn's digits.
+    raw, labels = digits_arrays()
+    _, held_out = stratified_split(labels, 0.2)
+    assert page["held_out"]["images"] == [digits_script().encode_image(raw[i]) for i in held_out]

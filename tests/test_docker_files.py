@@ -399,22 +399,54 @@ def test_healthcheck_follows_readyz(
     assert probe(runtime_stage, free_port()) != 0
 
 
+def run_requirements_snippet(folder: Path, dockerfile: list[tuple[str, str]]) -> None:
+    """Run the builder's own requirement-extraction snippet on a copy of pyproject.toml, writing
+    torch.txt and requirements.txt into `folder` instead of /tmp."""
+    (run_line,) = [args for args in only(dockerfile, "RUN") if "tomllib" in args]
+    tokens = shlex.split(run_line)
+    code = tokens[tokens.index("-c") + 1].replace("/tmp/", f"{folder}/")
+    shutil.copy(ROOT / "pyproject.toml", folder / "pyproject.toml")
+    result = run(sys.executable, "-c", code, cwd=folder)
+    assert result.returncode == 0, result.stderr
+
+
 def test_torch_pin_comes_from_pyproject(tmp_path: Path, dockerfile: list[tuple[str, str]]) -> None:
     """The builder reads the pins from pyproject.toml instead of repeating them."""
     text = (ROOT / "Dockerfile").read_text()
     assert not re.search(r"torch\s*[=<>~]=", text), "pin torch in pyproject.toml, not here"
-    # Run the builder's own requirement-extraction snippet on a copy of pyproject.toml.
-    (run_line,) = [args for args in only(dockerfile, "RUN") if "tomllib" in args]
-    tokens = shlex.split(run_line)
-    code = tokens[tokens.index("-c") + 1].replace("/tmp/", f"{tmp_path}/")
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    result = run(sys.executable, "-c", code, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    run_requirements_snippet(tmp_path, dockerfile)
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     torch_pins = [dep for dep in deps if re.match(r"torch\b(?![-_.\w])", dep)]
     assert torch_pins == ["torch==2.13.0"]
     assert (tmp_path / "torch.txt").read_text().splitlines() == torch_pins
     assert (tmp_path / "requirements.txt").read_text().splitlines() == deps
+
+
+def test_server_image_leaves_out_the_train_extra(
+    tmp_path: Path, dockerfile: list[tuple[str, str]]
+) -> None:
+    """The image installs `dependencies` and the package without its deps: not the `train`
+    extra, so neither scikit-learn nor tqdm is in it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=!~; ]", req, maxsplit=1)[0].lower() for req in requirements}
+
+    client_only = {"scikit-learn", "tqdm"}
+    assert names(project["optional-dependencies"]["train"]) == client_only
+    run_requirements_snippet(tmp_path, dockerfile)
+    assert not names((tmp_path / "requirements.txt").read_text().splitlines()) & client_only
+    installs = [
+        command.strip()
+        for args in only(dockerfile, "RUN")
+        for command in re.findall(r"pip install ([^;&|]+)", args)
+    ]
+    assert installs, "the builder installs something"
+    for command in installs:
+        assert (
+            re.fullmatch(r'(--index-url "\$TORCH_CPU_INDEX_URL" )?-r /tmp/\w+\.txt', command)
+            or command == "--no-deps ."
+        ), command
 
 
 def test_torch_variant_picks_the_index(dockerfile: list[tuple[str, str]]) -> None:
@@ -444,4 +476,4 @@ def test_dockerignore_admits_only_what_the_build_copies(
         if not arguments.startswith("--from")
         for source in arguments.split()[:-1]
     }
-    assert admitted == copied == {"pyproject.toml", "README.md", "app", "models"}
+    assert admitted == copied == {"pyproject.toml", "README.md", "app", "models", "lenet_client"}

@@ -1,18 +1,33 @@
-"""`lenet train`: the client's pieces, and whole runs against a real, token-protected server."""
+"""`lenet train` (lenet_client.train and lenet_client.cli): the pieces, the arguments, the
+output modes and exit statuses, and whole runs against a real, token-protected server."""
 
-import base64
+import fcntl
+import json
 import math
+import os
+import pty
 import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from app.cli import main
-from app.datasets import load_digits
-from app.train_client import optimizer_body, scheduled_lr, tensor_field
+from app.optimizers import OPTIMIZER_NAMES
+from lenet_client.datasets import load_digits
+from lenet_client.routes import tensor_field
+from lenet_client.train import optimizer_body, scheduled_lr
 from tests.conftest import SEED, TEST_DEVICE
 from tests.server import LiveServer, free_port, start_test_server
+from tests.test_datasets import write_mnist
 
 TOKEN = "train-client-test-token"
 DIGITS_STEPS_PER_EPOCH = math.ceil(1438 / 32)  # 1438 training images, default batch size 32
@@ -36,15 +51,6 @@ def test_scheduled_lr_warms_up_then_decays_without_reaching_zero() -> None:
     assert rates[9] == pytest.approx(0.1)
     assert all(a > b for a, b in zip(rates[9:], rates[10:], strict=False))
     assert 0 < rates[-1] < 1e-3
-
-
-def test_tensor_field_is_little_endian_float32_with_a_channel() -> None:
-    images = np.arange(2 * 3 * 4, dtype=np.float64).reshape(2, 3, 4) / 7
-    field = tensor_field(images)
-    assert field["shape"] == [2, 1, 3, 4]
-    assert field["dtype"] == "float32"
-    decoded = np.frombuffer(base64.b64decode(field["data"]), dtype="<f4").reshape(2, 1, 3, 4)
-    np.testing.assert_array_equal(decoded[:, 0], images.astype(np.float32))
 
 
 # ---------------------------------------------------------------- usage errors, no server
@@ -73,6 +79,48 @@ def test_argument_parser_refuses_bad_numbers(capsys: pytest.CaptureFixture[str])
             main(["train", *argv])
         assert exit_info.value.code == 2
     assert "must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000", "localhost:8000", "ftp://127.0.0.1/", "http//x"])
+def test_a_url_without_http_scheme_exits_2(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--url", url])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --url: must be an http:// or https:// address such as" in err
+    assert repr(url) in err
+
+
+def test_quiet_and_json_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--quiet", "--json"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for default in (
+        "--url URL the service's address (default: http://127.0.0.1:8000)",
+        "(default: 30)",
+        "(default: 32)",
+        "(default: 0.2)",
+        "(default: cosine)",
+        "(default: 2)",
+        "--optimizer {" + ",".join(OPTIMIZER_NAMES) + "}",
+        "optimizer (default: sgd)",
+        # the client's defaults, read from app.optimizers
+        "learning rate (default: sgd 0.03, adam 0.001, adamw 0.001, rmsprop 0.001)",
+        "(default: sgd 0.9, rmsprop 0)",
+        "--quiet",
+        "--json",
+        "pip install 'lenet-serve[train]'",
+    ):
+        assert default in text, default
+    assert "(default: None)" not in text and "(default: False)" not in text
 
 
 def test_connection_refused_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -168,3 +216,182 @@ def test_a_refused_request_shows_the_servers_detail(
     err = capsys.readouterr().err
     assert re.search(r"lenet train: error: POST /\S+: 422 .*1438 images.*LENET_MAX_BATCH_SIZE", err)
     assert server_step(protected_server) == before
+
+
+# ---------------------------------------------------------------- output for scripts
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MNIST (12 training, 5 test images): runs of a few steps."""
+    directory = tmp_path_factory.mktemp("mnist")
+    write_mnist(directory)
+    return directory
+
+
+def tiny_run(server: LiveServer, mnist: Path, *extra: str) -> list[str]:
+    """`lenet train` arguments for 2 epochs of 3 steps on the tiny MNIST."""
+    return [
+        "train",
+        "--url",
+        server.url,
+        "--token",
+        TOKEN,
+        "--mnist",
+        str(mnist),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        *extra,
+    ]
+
+
+@pytest.mark.server
+def test_json_prints_one_object_per_epoch_then_a_summary(
+    protected_server: LiveServer, mnist_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = server_step(protected_server)
+    assert main(tiny_run(protected_server, mnist_dir, "--json")) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [line["event"] for line in lines] == ["epoch", "epoch", "summary"]
+    first, second, summary = lines
+    assert (first["epoch"], second["epoch"], first["epochs"]) == (1, 2, 2)
+    assert (first["step"], second["step"]) == (before + 3, before + 6)
+    assert second["seconds"] >= first["seconds"] > 0
+    for epoch in (first, second):
+        assert epoch["total"] == 5 and epoch["held_out_accuracy"] == epoch["correct"] / 5
+        assert math.isfinite(epoch["train_loss"]) and 0 <= epoch["train_accuracy"] <= 1
+    assert summary["steps"] == 6 and summary["first_step"] == before
+    assert summary["last_step"] == before + 6 == server_step(protected_server)
+    assert summary["accuracy"] == summary["correct"] / summary["total"] == second["correct"] / 5
+    assert summary["dataset"] == "mnist" and summary["optimizer"]["name"] == "sgd"
+    assert summary["optimizer"]["momentum"] == 0.9 and summary["version"] == second["version"]
+
+
+@pytest.mark.server
+def test_quiet_prints_only_the_result_line(
+    protected_server: LiveServer, mnist_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = server_step(protected_server)
+    assert main(tiny_run(protected_server, mnist_dir, "--quiet")) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    (line,) = captured.out.splitlines()
+    match = ACCURACY_LINE.match(line)
+    assert match and int(match[3]) == 5, line
+    assert "after 6 steps in " in line and f"(server step {before + 6}, version " in line
+
+
+def run_in_terminal(argv: list[str], stderr_tty: bool) -> tuple[int, str, str]:
+    """`lenet` in a subprocess whose stderr is a pseudo-terminal or a pipe: (status, out, err)."""
+    code = "import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", code, *argv]
+    root = Path(__file__).resolve().parents[1]
+    if not stderr_tty:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=120)
+        return done.returncode, done.stdout, done.stderr
+    leader, follower = pty.openpty()
+    # A new pseudo-terminal is 0 columns wide, where tqdm draws nothing: give it 100.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=follower, cwd=root, text=True
+    )
+    os.close(follower)
+    terminal = b""
+    while True:  # drain the terminal until the child closes it
+        ready, _, _ = select.select([leader], [], [], 120)
+        if not ready:
+            break
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child's end is closed
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(leader)
+    out, _ = process.communicate(timeout=120)
+    return process.returncode, out, terminal.decode(errors="replace")
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("stderr_tty", [True, False])
+def test_a_progress_bar_only_on_a_terminal(
+    protected_server: LiveServer, mnist_dir: Path, stderr_tty: bool
+) -> None:
+    status, out, err = run_in_terminal(tiny_run(protected_server, mnist_dir), stderr_tty)
+    assert status == 0, err
+    assert "mnist: 12 training and 5 held-out images of 28x28" in out
+    assert "epoch 2/2:" in out and ACCURACY_LINE.search(out)
+    if stderr_tty:
+        assert "training:" in err and "/6 [" in err, err  # a bar of the run's 6 steps
+    else:
+        assert err == ""
+    assert "training:" not in out  # the bar never goes to stdout
+
+
+# ---------------------------------------------------------------- what each command imports
+
+
+@pytest.mark.server
+def test_lenet_train_runs_without_torch(protected_server: LiveServer, mnist_dir: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["torch"] = None  # any import of torch now fails
+        from app.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+    argv = tiny_run(protected_server, mnist_dir, "--quiet")
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ACCURACY_LINE.match(done.stdout), done.stdout
+
+
+@pytest.mark.server
+def test_lenet_serve_runs_without_scikit_learn_or_tqdm(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        for name in ("sklearn", "tqdm"):
+            sys.modules[name] = None  # any import of them now fails
+        from app.cli import main
+        sys.exit(main(["serve"]))
+        """
+    )
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LENET_")}
+    env.update(
+        LENET_HOST="127.0.0.1",
+        LENET_PORT=str(port),
+        LENET_DEVICE=TEST_DEVICE,
+        LENET_CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
+        LENET_AUTOSAVE_ON_SHUTDOWN="false",
+    )
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    server = LiveServer(process, f"http://127.0.0.1:{port}", log_path, env)
+    try:
+        server.wait_ready()
+        with server.client() as http:
+            assert http.post("/predict", json={"inputs": [[0.0] * 8] * 8}).status_code == 200
+    finally:
+        # uvicorn re-raises SIGTERM after its graceful shutdown
+        assert server.stop() in (0, -signal.SIGTERM), server.log()

@@ -32,6 +32,9 @@ TOKEN = "web-test-token"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 WAIT_MS = 30_000
 TRAIN_STEPS = 10  # steps to see before stopping: enough for a curve, quick on a busy CI box
+DIGITS = json.loads((Path(__file__).resolve().parents[1] / "app/static/digits.json").read_text())
+TRAINING = len(DIGITS["train"]["labels"])
+HELD_OUT = len(DIGITS["held_out"]["labels"])
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 # The fixed colour scales of app/static (inside.js, explain.js): limit, signed, gamma.
@@ -342,11 +345,15 @@ def test_draw_train_look_inside_and_teach(page: tuple[Any, PageRecord], server: 
     tab.wait_for_timeout(700)
     assert served(server) == stopped
     assert shown_version(tab) == stopped["version"]
-    accuracy = re.fullmatch(r"(\d+\.\d)% \((\d+)/360, step (\d+)\)", tab.text_content("#accuracy"))
+    accuracy = re.fullmatch(
+        rf"(\d+\.\d)% \((\d+)/{HELD_OUT}, step (\d+)\)", tab.text_content("#accuracy")
+    )
     assert accuracy and int(accuracy[3]) == stopped["step"]
-    assert re.fullmatch(r"\d+\.\d% \(\d+/360, step \d+\)", tab.text_content("#train-accuracy"))
+    assert re.fullmatch(
+        rf"\d+\.\d% \(\d+/{HELD_OUT}, step \d+\)", tab.text_content("#train-accuracy")
+    )
     epochs = float(tab.text_content("#epoch"))
-    assert epochs == pytest.approx((stopped["step"] - start["step"]) * 32 / 1437, abs=0.05)
+    assert epochs == pytest.approx((stopped["step"] - start["step"]) * 32 / TRAINING, abs=0.05)
 
     # The loss chart: a log axis with a few labelled ticks, step numbers along x.
     y_ticks = tab.get_attribute("#loss-chart", "data-y-ticks").split()
@@ -365,11 +372,11 @@ def test_draw_train_look_inside_and_teach(page: tuple[Any, PageRecord], server: 
         )
     ]
     assert len(counts) == 10 and all(len(row) == 10 for row in counts)
-    assert sum(map(sum, counts)) == 360
+    assert sum(map(sum, counts)) == HELD_OUT
     correct = sum(counts[i][i] for i in range(10))
     assert correct == int(accuracy[2])
     wrong = tab.locator("#gallery button.digit")
-    assert wrong.count() == min(48, 360 - correct) > 0
+    assert wrong.count() == min(48, HELD_OUT - correct) > 0
     first = wrong.first
     truth, guessed = (
         int(first.get_attribute("data-truth")),

@@ -1,6 +1,9 @@
 """Training data for `lenet train`, in pure numpy: scikit-learn's digits, MNIST's IDX files and
 folders of labelled images. Nothing is downloaded; every loader answers images (N, H, W) float32
-in [0, 1] and labels (N,) int64 in 0-9, split into a training and a held-out part."""
+in [0, 1] and labels (N,) int64 in 0-9, split into a training and a held-out part.
+
+`stratified_split` is the one held-out split of the digits: `lenet train` and the web page's
+`app/static/digits.json` (written by scripts/make_digits_json.py) hold out the same images."""
 
 import gzip
 import zlib
@@ -10,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-NUM_CLASSES = 10
+# The network's side: images of a folder that differ in size are brought to it, as the server
+# would. models.constants is plain Python: no torch here.
+from models.constants import IMAGE_SIDE, NUM_CLASSES
+
 # The held-out split does not depend on --seed: the same images are held out on every run, so
 # accuracies of different runs (and different optimizers) are comparable.
 SPLIT_SEED = 0
-# Images of a folder that differ in size are brought to the network's side, as the server would.
-IMAGE_SIDE = 32
+EVAL_FRACTION = 0.2  # of each class, held out
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 
 # IDX: 2 zero bytes, a type code, the number of dimensions, then one big-endian uint32 per
@@ -93,17 +98,31 @@ def _split(name: str, images: np.ndarray, labels: np.ndarray, eval_fraction: flo
 # ---------------------------------------------------------------- scikit-learn's digits
 
 
-def load_digits(eval_fraction: float = 0.2) -> Dataset:
+DIGITS_MAX_VALUE = 16  # load_digits' pixels are integers 0-16
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 digits as they ship: images (N, 8, 8) of ints 0-16, labels (N,)."""
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits  # the data ships with it
+    except ModuleNotFoundError as error:
+        raise DatasetError(
+            "the digits come from scikit-learn, which is not installed: "
+            "pip install 'lenet-serve[train]'"
+        ) from error
+    bunch = sklearn_digits()
+    return np.asarray(bunch.images, dtype=np.int64), np.asarray(bunch.target, dtype=np.int64)
+
+
+def load_digits(eval_fraction: float = EVAL_FRACTION) -> Dataset:
     """scikit-learn's 1,797 8x8 digits (values 0-16) scaled to [0, 1] and resized to 32x32 as
     the server would, split stratified."""
-    from sklearn.datasets import load_digits as sklearn_digits  # ships with the package
-
-    bunch = sklearn_digits()
+    raw, labels = digits_arrays()
     # Resized here, not by the server, so that augmentation can shift by pixels of the 32x32
     # image the network sees; 2 such pixels are a sensible shift, a quarter of an 8x8 pixel is
     # not expressible.
-    images = resize_bilinear(np.asarray(bunch.images, dtype=np.float32) / 16.0, 32, 32)
-    labels = np.asarray(bunch.target, dtype=np.int64)
+    scaled = raw.astype(np.float32) / np.float32(DIGITS_MAX_VALUE)
+    images = resize_bilinear(scaled, IMAGE_SIDE, IMAGE_SIDE)
     return _split("digits", images, labels, eval_fraction)
 
 
@@ -245,7 +264,9 @@ def _read_image(path: Path) -> np.ndarray:
     return gray / np.float32(255)
 
 
-def load_folder(directory: Path, eval_fraction: float = 0.2, invert: bool = False) -> Dataset:
+def load_folder(
+    directory: Path, eval_fraction: float = EVAL_FRACTION, invert: bool = False
+) -> Dataset:
     """Images under `directory/<0-9>/` (PNG or JPEG), grayscale in [0, 1], split stratified.
 
     Images of one size are kept as they are (the server resizes them); when sizes differ, each
