@@ -291,10 +291,7 @@ def test_draw_train_look_inside_and_teach(page: tuple[Any, PageRecord], server: 
     # Draw: ten bars that add up to one, a predicted digit, and the version that answered. The
     # untrained net is said to be guessing.
     draw_stroke(tab, SEVEN)
-    tab.wait_for_function(
-        "/answered by version \\d+/.test(document.getElementById('prediction-info').textContent)",
-        timeout=WAIT_MS,
-    )
+    wait_for_text(tab, "prediction-info", "answered by version ")
     percents = [
         float(text.rstrip("%")) for text in tab.locator("#bars .bar-value").all_text_contents()
     ]
@@ -499,7 +496,7 @@ def test_languages_switch_every_string_and_persist(browser: Any, server: LiveSer
 
         draw_stroke(tab, SEVEN)
         tab.wait_for_function(
-            "document.getElementById('prediction').textContent !== '–'", timeout=WAIT_MS
+            "() => document.getElementById('prediction').textContent !== '–'", timeout=WAIT_MS
         )
         tab.select_option("#language", "en")
         assert tab.evaluate("document.documentElement.lang") == "en"
@@ -552,7 +549,7 @@ def test_phone_nothing_overflows_and_figures_stay_in_sight(
         # While drawing, the guess is in sight beside the pad.
         draw_stroke(tab, SEVEN)
         tab.wait_for_function(
-            "document.getElementById('prediction-mini').textContent !== '–'", timeout=WAIT_MS
+            "() => document.getElementById('prediction-mini').textContent !== '–'", timeout=WAIT_MS
         )
         assert in_viewport(tab, "#pad") and in_viewport(tab, "#prediction-mini")
         tab.screenshot(path=str(ARTIFACTS / f"page-phone-{language}.png"))
@@ -567,7 +564,8 @@ def test_phone_nothing_overflows_and_figures_stay_in_sight(
         tab.locator("#start").scroll_into_view_if_needed()
         tab.click("#start")
         tab.wait_for_function(
-            "Number(document.getElementById('loss-chart').dataset.points) >= 3", timeout=WAIT_MS
+            "() => Number(document.getElementById('loss-chart').dataset.points) >= 3",
+            timeout=WAIT_MS,
         )
         assert in_viewport(tab, "#stop")
         chart = tab.evaluate(
@@ -576,7 +574,7 @@ def test_phone_nothing_overflows_and_figures_stay_in_sight(
         )
         assert chart[0] >= 0 and chart[1] <= chart[2]
         tab.click("#stop")
-        tab.wait_for_function("document.getElementById('stop').disabled", timeout=WAIT_MS)
+        tab.wait_for_function("() => document.getElementById('stop').disabled", timeout=WAIT_MS)
         assert too_wide(tab) == []
         tab.screenshot(path=str(ARTIFACTS / f"page-phone-{language}-full.png"), full_page=True)
         assert record.page_errors == [] and record.console_errors == []
@@ -664,7 +662,7 @@ def test_one_step_number_by_number(page: tuple[Any, PageRecord], server: LiveSer
     tab.select_option("#optimizer", "sgd")
     assert tab.is_disabled("#step-run")
     draw_stroke(tab, SEVEN)
-    tab.wait_for_function("!document.getElementById('step-run').disabled", timeout=WAIT_MS)
+    tab.wait_for_function("() => !document.getElementById('step-run').disabled", timeout=WAIT_MS)
     assert tab.input_value("#step-param") == "conv1.bias"
     tab.select_option("#step-label", "7")
     before = served(server)
@@ -695,7 +693,8 @@ def test_one_step_number_by_number(page: tuple[Any, PageRecord], server: LiveSer
     tab.click("#step-run")
     wait_for_text(tab, "step-status", "fc3.weight")
     tab.wait_for_function(
-        "document.getElementById('step-verdict').textContent.includes('Adam')", timeout=WAIT_MS
+        "() => document.getElementById('step-verdict').textContent.includes('Adam')",
+        timeout=WAIT_MS,
     )
     assert tab.get_attribute("#step-verdict", "data-holds") == "false"
     assert len(step_numbers(tab)) == 10
