@@ -639,7 +639,21 @@ def test_reset_asks_first_and_undo_restores_the_weights(
         timeout=WAIT_MS,
     )
 
-    # Undo: exactly the weights before the reset, byte for byte.
+    # Fresh weights and the tutorial's plain SGD at lr 0.01: the loss stays flat, and the page
+    # says so.
+    assert tab.is_hidden("#flat-note")
+    tab.select_option("#optimizer", "sgd")
+    tab.click("#start")
+    tab.wait_for_function(
+        "() => Number(document.getElementById('loss-chart').dataset.points) >= 32",
+        timeout=WAIT_MS * 2,
+    )
+    tab.click("#stop")
+    wait_for_text(tab, "train-state", "stopped", exact=True)
+    assert tab.is_visible("#flat-note")
+    assert "still flat" in tab.text_content("#flat-note")
+
+    # Undo, even after those steps: exactly the weights before the reset, byte for byte.
     tab.click("#undo")
     wait_for_text(tab, "reset-done-text", "Undone")
     assert weights(server) == original

@@ -58,9 +58,9 @@ export function createInsideView({ api, noteVersion, showError }) {
       row.shape.textContent = `[${p.shape.join("×")}] ${t("inside.numbers", { n: p.numel.toLocaleString("en") })}`;
       row.values.canvas.setAttribute("aria-label", t("inside.hist.values.aria", { name: p.name }));
       row.grads.canvas.setAttribute("aria-label", t("inside.hist.grad.aria", { name: p.name }));
-      row.values.note.textContent = `mean ${fmt(p.stats.mean)}, std ${fmt(p.stats.std)}`;
+      row.values.note.textContent = t("inside.stats", { mean: fmt(p.stats.mean), std: fmt(p.stats.std) });
       row.grads.note.textContent = p.grad_stats
-        ? `norm ${fmt(p.grad_stats.norm)}, std ${fmt(p.grad_stats.std)}`
+        ? t("inside.gradstats", { norm: fmt(p.grad_stats.norm), std: fmt(p.grad_stats.std) })
         : t("inside.nograd");
       drawHistogram(row.values.canvas, p.values.flat(Infinity), "#3563e9", "");
       drawHistogram(row.grads.canvas, p.grad ? p.grad.flat(Infinity) : null, "#d9480f", t("inside.nograd"));

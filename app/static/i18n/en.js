@@ -145,6 +145,8 @@ export default {
   "inside.col.values": "Values",
   "inside.col.grad": "Gradient",
   "inside.numbers": "{n} numbers",
+  "inside.stats": "mean {mean}, std {std}",
+  "inside.gradstats": "norm {norm}, std {std}",
   "inside.nograd": "no gradient yet (no step taken)",
   "inside.hist.values.aria": "Histogram of {name}",
   "inside.hist.grad.aria": "Histogram of the gradient of {name}",

@@ -145,6 +145,8 @@ export default {
   "inside.col.values": "數值",
   "inside.col.grad": "梯度",
   "inside.numbers": "{n} 個數",
+  "inside.stats": "平均 {mean}，標準差 {std}",
+  "inside.gradstats": "範數 {norm}，標準差 {std}",
   "inside.nograd": "還沒有梯度（尚未走任何一步）",
   "inside.hist.values.aria": "{name} 的直方圖",
   "inside.hist.grad.aria": "{name} 梯度的直方圖",
