@@ -102,6 +102,7 @@ class Engine:
             except Exception:
                 logger.exception("could not save a checkpoint on shutdown")
         self._executor.shutdown(wait=True)
+        self.checkpoints.versions.settle(self.version)  # nothing can answer a newer one now
         # A fresh executor (it starts no thread until used), so the same app can run its
         # lifespan again: test clients and fuzzers start and stop one app many times.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenet-torch")
@@ -122,7 +123,9 @@ class Engine:
         if self.settings.seed is not None:
             self._copy_weights(build_net(self.settings.seed).state_dict())
         self.model.to(self.device)
-        for info in self.checkpoints.list():
+        infos = self.checkpoints.list()
+        self.checkpoints.versions.open(max((info.version for info in infos), default=None))
+        for info in infos:
             try:
                 with self._all_or_nothing():
                     self._adopt_checkpoint(self.checkpoints.load(info.id), at_start=True)
@@ -130,6 +133,9 @@ class Engine:
                 break
             except (CheckpointError, InvalidInput) as error:
                 logger.warning("skipping checkpoint %s: %s", info.id, error)
+        else:  # no checkpoint: the seed's (or random) weights, under a number never used before
+            seeded = self.settings.seed is not None
+            self.version = self._saved_version = self.checkpoints.versions.initial(seeded)
         self.weights_finite = self._answers_are_finite()
         self._model_info = inspection.describe_model(self.model, self.device)
         self._predict_now(torch.zeros(1, *INPUT_SHAPE))  # warm-up: proves the model answers
@@ -250,11 +256,12 @@ class Engine:
 
     def _optimizer_step(self, lr: float | None) -> None:
         """optimizer.step(), with `lr` for this step only; refused if a weight turns non-finite."""
+        version = self.checkpoints.versions.next(self.version)  # durable before any change
         with learning_rate(self.optimizer, lr):
             self.optimizer.step()
         if not self._all_weights_finite():
             raise NonFiniteStep("the step would make weights non-finite; nothing was changed")
-        self.version += 1
+        self.version = version
         self.step += 1
 
     @on_device_failure
@@ -442,13 +449,17 @@ class Engine:
             for name, parameter in self._parameters.items():
                 parameter.copy_(tensors[name])
 
-    def _adopt_weights(self, tensors: Mapping[str, torch.Tensor], step: int) -> None:
-        """Take new weights wholesale: a new, larger version, no stale gradients; weights whose
-        answers overflow are refused (call inside `_all_or_nothing`)."""
+    def _adopt_weights(
+        self, tensors: Mapping[str, torch.Tensor], step: int, version: int | None = None
+    ) -> None:
+        """Take new weights wholesale: a new, larger version (or `version`, a checkpoint's own at
+        start-up), no stale gradients; weights whose answers overflow are refused (call inside
+        `_all_or_nothing`)."""
+        new_version = self.checkpoints.versions.next(self.version) if version is None else version
         self._copy_weights(tensors)
         for parameter in self._parameters.values():
             parameter.grad = None
-        self.version += 1
+        self.version = new_version
         self.step = step
         if not self._answers_are_finite():
             raise InvalidInput(
@@ -533,12 +544,11 @@ class Engine:
             optimizer.load_state_dict(loaded.optimizer_state)
         except Exception as error:  # noqa: BLE001 - any mismatch means an unusable checkpoint
             raise CheckpointError(f"optimizer state does not load: {error}") from error
-        previous_version = self.version
-        self._adopt_weights(loaded.weights, step=loaded.info.step)
+        # At start-up the checkpoint keeps its version; a restore is a new, larger version.
+        version = loaded.info.version if at_start else None
+        self._adopt_weights(loaded.weights, step=loaded.info.step, version=version)
         self.optimizer, self.optimizer_config = optimizer, config
         if at_start:
-            # At start-up the checkpoint's version continues; a restore is a new, larger one.
-            self.version = max(loaded.info.version, previous_version)
             self._saved_version = self.version
 
     # ----------------------------------------------------------------- inspection

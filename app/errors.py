@@ -89,3 +89,9 @@ class HeadersTooLarge(LenetError):
     """The request's headers are larger than the server reads."""
 
     status_code = 431
+
+
+class InsufficientStorage(LenetError):
+    """The checkpoint folder cannot be written (read-only, full, or not a folder)."""
+
+    status_code = 507

@@ -1,8 +1,13 @@
-"""Checkpoints, restore, start-up loading, retention, and safetensors import/export."""
+"""Checkpoints, restore, start-up loading, retention, a shared folder, a folder that cannot be
+written, and safetensors import/export."""
 
 import io
 import json
+import os
 import pickle
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +208,232 @@ def test_torch_save_pickle_is_refused(client: Any) -> None:
     before = snapshot(client)
     assert client.put("/params/import", content=buffer.getvalue()).status_code == 422
     assert snapshot(client) == before
+
+
+# ----------------------------------------------------------------- a folder shared with others
+
+OUR_ID_LOOKALIKE = "20990101T000000000000Z-v7-0123abcd"  # newer than any real save
+
+
+def _foreign_things(folder: Path) -> dict[str, bytes | None]:
+    """Fill `folder` with what a shared folder holds besides our checkpoints; returns every path
+    made (relative) with its bytes (None for folders), to check byte for byte later."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made: dict[str, bytes | None] = {}
+
+    def file(relative: str, data: bytes) -> None:
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        made[relative] = data
+
+    def directory(relative: str) -> None:
+        (folder / relative).mkdir(parents=True, exist_ok=True)
+        made[relative] = None
+
+    directory("lost+found")
+    file("backup/model.safetensors", bytes(range(256)) * 3)
+    file("backup/meta.json", b'{"id": "backup", "version": 99, "step": 99}')
+    file("tmp/notes.txt", b"my notes\n")
+    file("notes.txt", b"do not delete\n")
+    file("zzz-user/meta.json", b"{}")  # sorts before every id, newest first
+    # Named like one of ours, but without meta.json, or with one that is not ours.
+    file(f"{OUR_ID_LOOKALIKE}/readme.txt", b"not a checkpoint\n")
+    file("20990101T000000000000Z-v8-0123abce/meta.json", b'{"id": "20990101T000000000000Z-v8"}')
+    file("20990101T000000000000Z-v9-0123abcf/meta.json", b"not json")
+    file("20990101T000000000000Z-v6-0123abc0", b"a file named like an id\n")
+    # Hidden names that our leftovers' prefixes start but that are not ours, made long ago.
+    file(".tmp-mine/data", b"a user's temporary\n")
+    file(".trash-mine/data", b"a user's trash\n")
+    file(".tmp-notes.txt", b"a hidden file\n")
+    long_ago = time.time() - 3600
+    for relative in made:
+        os.utime(folder / relative, (long_ago, long_ago))
+    return made
+
+
+def _unchanged(folder: Path, made: dict[str, bytes | None]) -> None:
+    for relative, data in made.items():
+        path = folder / relative
+        if data is None:
+            assert path.is_dir(), relative
+        else:
+            assert path.is_file() and path.read_bytes() == data, relative
+
+
+def test_foreign_files_and_folders_are_never_touched_listed_or_loaded(
+    make_client: Any, make_settings: Any
+) -> None:
+    folder = make_settings().checkpoint_dir
+    made = _foreign_things(folder)
+    # An interrupted write of ours, long ago: the one leftover that pruning may delete.
+    ours_left_over = folder / ".tmp-20200101T000000000000Z-v1-deadbeef"
+    ours_left_over.mkdir()
+    (ours_left_over / "model.safetensors").write_bytes(b"\x00" * 10)
+    os.utime(ours_left_over, (time.time() - 3600,) * 2)
+
+    client = make_client(keep_checkpoints=2)
+    assert client.get("/checkpoints").json() == {"checkpoints": []}
+    assert client.get("/model").json()["version"] == 0  # the seed's weights: nothing loaded
+    saved = []
+    for index in range(6):
+        _train(client, 1, seed=index)
+        answer = client.post("/checkpoints")
+        assert answer.status_code == 201, answer.text
+        saved.append(answer.json())
+        listed = client.get("/checkpoints").json()["checkpoints"]
+        assert listed == saved[::-1][:2]  # keep = 2 means two of ours, the newest
+    _unchanged(folder, made)
+    assert not ours_left_over.exists()
+    assert client.post(f"/checkpoints/{OUR_ID_LOOKALIKE}/restore").status_code == 404
+    expected = exported_weights(client)
+    client.__exit__(None, None, None)
+
+    restarted = make_client(keep_checkpoints=2)
+    assert restarted.get("/model").json()["version"] == saved[-1]["version"]
+    for name, value in expected.items():
+        assert torch.equal(exported_weights(restarted)[name], value), name
+    restored = restarted.post(f"/checkpoints/{saved[-2]['id']}/restore")
+    assert restored.status_code == 200, restored.text
+    _unchanged(folder, made)
+    top_level = {relative.split("/")[0] for relative in made}
+    ours = {info["id"] for info in saved[-2:]} | {"lenet-versions.json"}
+    # Nothing besides our two checkpoints and the version ledger appeared or vanished.
+    assert set(os.listdir(folder)) == top_level | ours
+
+
+def test_foreign_folders_never_take_a_checkpoints_place(make_client: Any, tmp_path: Path) -> None:
+    """The reported case: with `lost+found`, `backup` and `tmp` beside it, one save answered 201
+    and the list was then empty, the new checkpoint pruned in their place."""
+    folder = tmp_path / "checkpoints"
+    for name in ("lost+found", "backup", "tmp"):
+        (folder / name).mkdir(parents=True)
+    client = make_client(keep_checkpoints=1)
+    _train(client, 1)
+    saved = client.post("/checkpoints")
+    assert saved.status_code == 201, saved.text
+    assert client.get("/checkpoints").json()["checkpoints"] == [saved.json()]
+    assert all((folder / name).is_dir() for name in ("lost+found", "backup", "tmp"))
+
+
+def test_a_lookalike_with_our_id_and_meta_of_another_shape_is_not_ours(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, keep=1)
+    real = store.save(dict(Net().named_parameters()), {"state": {}, "param_groups": []}, 1, 1, {})
+    meta = json.loads((tmp_path / real.id / "meta.json").read_bytes())
+    variants = {
+        "wrong-id": {**meta, "id": OUR_ID_LOOKALIKE[:-1] + "f"},
+        "no-format": {k: v for k, v in meta.items() if k != "format"},
+        "string-version": {**meta, "version": "7"},
+        "no-checksums": {k: v for k, v in meta.items() if k != "sha256"},
+        "a-list": [meta],
+    }
+    for index, (name, body) in enumerate(variants.items()):
+        folder = tmp_path / f"20990101T00000000000{index}Z-v7-0123abcd"
+        folder.mkdir()
+        (folder / "meta.json").write_text(json.dumps(body))
+        (folder / "why").write_text(name)
+    store.prune()
+    assert [info.id for info in store.list()] == [real.id]
+    assert all((tmp_path / f"20990101T00000000000{i}Z-v7-0123abcd").is_dir() for i in range(5))
+    assert not store.exists("20990101T000000000000Z-v7-0123abcd")
+
+
+# ----------------------------------------------------------------- a save that cannot write
+
+
+def test_a_file_where_the_folder_should_be_is_507_and_the_server_still_serves(
+    make_client: Any, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_bytes(b"a file, not a folder\n")
+    folder = blocker / "checkpoints"
+    client = make_client(checkpoint_dir=folder)
+    assert (
+        client.post("/predict", json={"inputs": image_batch(1)[0, 0].tolist()}).status_code == 200
+    )
+    before = snapshot(client)
+    answer = client.post("/checkpoints")
+    assert answer.status_code == 507, answer.text
+    assert str(folder) in answer.json()["detail"]
+    # No version can be made durable there, so a change is refused whole rather than numbered
+    # with a version that a restart could hand out again (app.versions).
+    step = client.post("/train-step", json={"inputs": image_batch(1).tolist(), "targets": [1]})
+    assert step.status_code == 507, step.text
+    assert str(folder) in step.json()["detail"]
+    assert snapshot(client) == before
+    assert client.get("/checkpoints").json() == {"checkpoints": []}
+    assert blocker.read_bytes() == b"a file, not a folder\n"
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Mount real tmpfs file systems under tmp_path (unmounted after the test).
+
+    Tests run as root, where chmod does not stop a write; a read-only mount and a small tmpfs
+    really fail with EROFS and ENOSPC. `mount` needs CAP_SYS_ADMIN: skipped without it (the
+    file-in-the-way test above covers the 507 path everywhere)."""
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+            capture_output=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def _remount(point: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(point)], check=True)
+
+
+def test_a_read_only_folder_is_507_and_nothing_changes(
+    make_client: Any, tmpfs: Callable[..., Path]
+) -> None:
+    point = tmpfs("ro", "16m")
+    folder = point / "checkpoints"
+    client = make_client(checkpoint_dir=folder)
+    _train(client, 1)
+    first = client.post("/checkpoints").json()
+    files = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    _remount(point, "ro")
+    try:
+        answer = client.post("/checkpoints")
+        assert answer.status_code == 507, answer.text
+        assert str(folder) in answer.json()["detail"]
+        assert client.get("/checkpoints").json()["checkpoints"] == [first]
+        assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == files
+        _train(client, 1)  # within the reserved block: training needs no write
+    finally:
+        _remount(point, "rw")
+    assert client.post(f"/checkpoints/{first['id']}/restore").status_code == 200
+
+
+def test_a_full_disk_is_507_leaves_no_temporary_and_autosave_keeps_stepping(
+    make_client: Any, tmpfs: Callable[..., Path]
+) -> None:
+    point = tmpfs("full", "400k")  # room for one checkpoint (~250 KB) and the ledger, not two
+    folder = point / "checkpoints"
+    client = make_client(checkpoint_dir=folder, autosave_every=1)
+    _train(client, 1)  # autosaved
+    (first,) = client.get("/checkpoints").json()["checkpoints"]
+    files = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    _train(client, 2)  # their autosaves hit ENOSPC; the steps still answer 200
+    assert client.get("/model").json()["step"] == 3
+    answer = client.post("/checkpoints")
+    assert answer.status_code == 507, answer.text
+    assert str(folder) in answer.json()["detail"]
+    assert client.get("/checkpoints").json()["checkpoints"] == [first]
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == files
+    assert sorted(os.listdir(folder)) == sorted([first["id"], "lenet-versions.json"])
+    restored = client.post(f"/checkpoints/{first['id']}/restore")
+    assert restored.status_code == 200 and restored.json()["step"] == 1
