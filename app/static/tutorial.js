@@ -226,7 +226,7 @@ const STEPS = [
           difference <= 1e-6 ? "✓" : "✗",
         ];
       });
-      out.textContent = `# ${describeOptimizer(optimizer)}; step ${answer.step}, version ${answer.version}`;
+      setText(out, "tut.sgd.out", { optimizer: describeOptimizer(optimizer), step: answer.step, version: answer.version });
       const verdict = document.createElement("p");
       verdict.className = "note";
       setText(verdict, "tut.sgd.verdict", { largest: largest.toExponential(1) });
@@ -251,10 +251,13 @@ const STEPS = [
       const answer = await api.post("/train-step", lossBody({}));
       noteVersion(answer);
       const afterwards = await api.post("/loss", lossBody({}));
-      out.textContent =
-        `# loss before the step: ${answer.loss.toFixed(4)}\n` +
-        `# loss after the step:  ${afterwards.loss.toFixed(4)}\n` +
-        `# ${describeOptimizer(answer.optimizer)}; step ${answer.step}, version ${answer.version}`;
+      setText(out, "tut.optim.out", {
+        before: answer.loss.toFixed(4),
+        after: afterwards.loss.toFixed(4),
+        optimizer: describeOptimizer(answer.optimizer),
+        step: answer.step,
+        version: answer.version,
+      });
       out.dataset.before = String(answer.loss);
       out.dataset.after = String(afterwards.loss);
       const catalogue = await api.get("/optimizers");

@@ -189,6 +189,8 @@ export default {
   "tut.optim.text": "`torch.optim` implements the update rules: SGD, SGD with momentum, Adam, RMSprop and more. One training iteration is `zero_grad()`, forward, loss, `backward()`, `step()`; `POST /train-step` is exactly that. The loss after the step is smaller. Below: the optimizers the service offers, with torch's defaults (`GET /optimizers`).",
   "tut.batch.title": "Mini-batches and `unsqueeze(0)`",
   "tut.batch.text": "`torch.nn` works on mini-batches only: `nn.Conv2d` takes a 4-D tensor, samples × channels × height × width. A single image needs a fake batch dimension, `input.unsqueeze(0)`. The service does that for you: a [32, 32] image and the same image as [1, 1, 32, 32] give the same outputs.",
+  "tut.sgd.out": "# {optimizer}; now step {step}, version {version}",
+  "tut.optim.out": "# loss before the step: {before}\n# loss after the step:  {after}\n# {optimizer}; now step {step}, version {version}",
   "tut.col.first": "after one backward",
   "tut.col.second": "after a second, no zero_grad",
   "tut.col.sum": "first + first",

@@ -189,6 +189,8 @@ export default {
   "tut.optim.text": "`torch.optim` 實作了各種更新規則：SGD、帶動量的 SGD、Adam、RMSprop 等。一次訓練迭代就是 `zero_grad()`、向前傳遞、損失、`backward()`、`step()`；`POST /train-step` 正是如此。走完一步後損失變小了。下表是服務提供的最佳化器與 torch 的預設值（`GET /optimizers`）。",
   "tut.batch.title": "小批次與 `unsqueeze(0)`",
   "tut.batch.text": "`torch.nn` 只吃小批次：`nn.Conv2d` 要的是 4 維張量，樣本數 × 通道數 × 高 × 寬。單獨一張影像要先用 `input.unsqueeze(0)` 加上假的批次維度。這個服務會替你加：[32, 32] 的影像和同一張 [1, 1, 32, 32] 的影像得到相同的輸出。",
+  "tut.sgd.out": "# {optimizer}；現在是第 {step} 步、版本 {version}",
+  "tut.optim.out": "# 這一步之前的損失：{before}\n# 這一步之後的損失：{after}\n# {optimizer}；現在是第 {step} 步、版本 {version}",
   "tut.col.first": "反向傳播一次後",
   "tut.col.second": "不歸零再傳一次後",
   "tut.col.sum": "第一次 + 第一次",
