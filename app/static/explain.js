@@ -63,7 +63,7 @@ function drawLogits(canvas, logits, prediction, scale) {
     ctx.fillStyle = "#1d2330";
     ctx.fillText(String(digit), digit * w + w / 2, 19);
     ctx.fillStyle = "#4a5364";
-    ctx.fillText(value.toFixed(2), digit * w + w / 2, 46);
+    ctx.fillText(value.toFixed(1), digit * w + w / 2, 46);
   });
   ctx.textAlign = "left";
 }
