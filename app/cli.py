@@ -14,9 +14,9 @@ def serve(args: argparse.Namespace) -> int:
     """Run the service with uvicorn; command-line options override LENET_ settings."""
     overrides = {key: value for key, value in vars(args).items() if key in ("host", "port")}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from app.observability import configure_logging
+
+    configure_logging(settings)
     if not settings.host_is_loopback and settings.api_token is None:
         logger.warning(
             "serving on %s without LENET_API_TOKEN: anyone who can reach this port can train, "
@@ -38,7 +38,9 @@ def serve(args: argparse.Namespace) -> int:
         limit_concurrency=settings.limit_concurrency,
         timeout_keep_alive=settings.timeout_keep_alive,
         timeout_graceful_shutdown=settings.timeout_graceful_shutdown,
-        access_log=settings.access_log,
+        # Logging is configured above; the access log is the app's own (LENET_ACCESS_LOG).
+        log_config=None,
+        access_log=False,
     )
     return 0
 

@@ -13,6 +13,7 @@ weight checks in `app.tensors`, the graph walk and reports in `app.inspection`.
 """
 
 import asyncio
+import contextvars
 import functools
 import logging
 import math
@@ -31,6 +32,7 @@ from app.batching import BatchObserver, PredictionBatcher
 from app.checkpoints import CheckpointError, CheckpointInfo, CheckpointStore, LoadedCheckpoint
 from app.device import configure, on_device_failure, resolve_device
 from app.errors import Conflict, InvalidInput, NonFiniteStep, NotFound, NotReady
+from app.observability import traced
 from app.optimizers import OptimizerConfig, SGDConfig, optimizer_config_adapter
 from app.prediction import Prediction, predict_batch
 from app.schemas import (
@@ -110,7 +112,10 @@ class Engine:
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `fn` on the torch thread and wait for it without blocking the event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        # The caller's context goes along: its request id in log lines, its span as the parent.
+        call = traced(fn, args, lambda: self.version)
+        run = functools.partial(contextvars.copy_context().run, call, *args, **kwargs)
+        return await loop.run_in_executor(self._executor, run)
 
     async def _network_sized(self, images: torch.Tensor) -> torch.Tensor:
         """`images` (N, 1, H, W) at the network's 32x32; resizing is torch work, off the loop."""

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, TypeAdapter
 
 from app.engine import Engine
@@ -59,7 +60,19 @@ def _is_foreign_origin(request: Request, origins: list[str], allowed: tuple[str,
     return origin != own and origin not in allowed
 
 
-async def require_token(request: Request) -> None:
+# The OpenAPI security scheme of the token: FastAPI documents it (and `security` on every
+# operation that depends on `require_token`) from this dependency, so /docs can "Authorize".
+bearer_scheme = HTTPBearer(
+    scheme_name="bearer",
+    description="LENET_API_TOKEN, when the service has one; reading never needs it.",
+    auto_error=False,
+)
+
+
+async def require_token(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> None:
     """Guard every route that changes anything: a cross-site request (its Origin is another
     site's) is 403, with or without a token; then, when LENET_API_TOKEN is set, a request
     without `Bearer <token>` is 401."""
@@ -75,9 +88,8 @@ async def require_token(request: Request) -> None:
     if settings.api_token is None:
         return
     expected = settings.api_token.get_secret_value().encode()
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     # compare_digest runs in time independent of where the strings differ.
-    given = credentials.strip().encode() if scheme.lower() == "bearer" else b""
+    given = bearer.credentials.strip().encode() if bearer is not None else b""
     if not hmac.compare_digest(given, expected):
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
 

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app import metrics
+from app import metrics, observability
 from app.engine import Engine
 from app.guards import GuardsMiddleware, HeadAsGetMiddleware
 from app.http import DOCUMENTED_BODIES
@@ -23,8 +23,9 @@ logger = logging.getLogger("lenet")
 VERSION = "0.1.0"
 
 
-def _install_openapi(app: FastAPI) -> None:
-    """Add the schemas of bodies that routes read themselves to the OpenAPI components."""
+def _install_openapi(app: FastAPI, token_required: bool) -> None:
+    """Add the schemas of bodies that routes read themselves to the OpenAPI components, and
+    say whether the bearer token is required (a service without LENET_API_TOKEN takes none)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -39,6 +40,11 @@ def _install_openapi(app: FastAPI) -> None:
                 body_schema = dict(body_schema)
                 components.update(body_schema.pop("$defs", {}))
                 components[name] = body_schema
+            if not token_required:
+                for operations in schema["paths"].values():
+                    for operation in operations.values():
+                        if "security" in operation:
+                            operation["security"].append({})  # OpenAPI's "or no credentials"
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -66,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=VERSION,
         description="Serve and train the LeNet of PyTorch's Neural Networks tutorial.",
         lifespan=lifespan,
+        docs_url=None,  # app.routes.docs serves both pages from assets in the package
+        redoc_url=None,
         # FastAPI's OpenTelemetry hooks look up environment variables on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
@@ -78,17 +86,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(GuardsMiddleware, allowed_hosts=settings.allowed_hosts)
-    metrics.install(app, engine)  # outermost: it also counts what the guards and limits refuse
+    metrics.install(app, engine)  # it also counts what the guards and limits refuse
+    # Outermost of all, outside Starlette's error middleware: request ids reach the 500s too.
+    observability.install(app, lambda: engine.version, settings.access_log)
     install_error_handlers(app)
     include_routes(app)
-    _install_openapi(app)
+    _install_openapi(app, token_required=settings.api_token is not None)
     return app
 
 
 def __getattr__(name: str) -> Any:
     # `app.main:app` is built on first access, so importing this module has no side effects.
     if name == "app":
-        application = create_app()
+        settings = get_settings()
+        observability.configure_logging(settings)  # `uvicorn app.main:app` logs as `lenet serve`
+        application = create_app(settings)
         globals()["app"] = application
         return application
     raise AttributeError(name)

@@ -4,14 +4,23 @@ Each app has its own `CollectorRegistry`, so tests (and anything else) can build
 process. Requests are labelled by their route template (`/checkpoints/{checkpoint_id}/restore`),
 never by the raw path, so the number of series stays bounded whatever clients send. The engine is
 read at scrape time by a collector; the batcher reports each batch through
-`engine.batch_observers`.
+`engine.batch_observers`. The registry also holds the standard `process_*` and `python_*`
+collectors, and no metric writes a `_created` series (see `disable_created_metrics` below).
 """
 
 from collections.abc import Iterator
 from time import perf_counter
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -32,6 +41,10 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 _WAIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+# `_created` series double the counters and histograms for a timestamp Prometheus does not use.
+# prometheus_client only turns them off process-wide; this process exports nothing else.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class EngineCollector(Collector):
@@ -96,6 +109,9 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(EngineCollector(engine))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # One JSON object a line (time, level, logger, message, request_id, extras), or plain text.
+    log_format: Literal["text", "json"] = "text"
 
     # Model and training.
     device: str = "auto"

@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute
 from app.routes import (
     cells,
     checkpoints,
+    docs,
     explain,
     health,
     images,
@@ -32,6 +33,7 @@ ROUTERS = (
     health.router,  # /healthz, /readyz
     metrics.router,  # /metrics
     v2.router,  # /v2/... (KServe v2 / Open Inference Protocol)
+    docs.router,  # /docs (Swagger UI), /redoc: offline, from the package's assets
     page.router,  # / (the web page)
 )
 
