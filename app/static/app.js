@@ -413,6 +413,8 @@ $("start").addEventListener("click", async () => {
   hideError();
   setRunning(true);
   setState("state.starting");
+  // The curve is what to watch now: on a small screen, bring it into sight (just below the buttons).
+  $("loss-chart").scrollIntoView({ block: "nearest" });
   try {
     await applyOptimizerChoice();
   } catch (error) {
