@@ -29,8 +29,11 @@ export function formatDetail(detail) {
   return JSON.stringify(detail);
 }
 
-/** A client for the server that served this page; `getToken()` gives the bearer token or "". */
-export function createApi(getToken) {
+/**
+ * A client for the server that served this page; `getToken()` gives the bearer token or "";
+ * `tokenHint(hasToken)` says, in the page's language, what to do about a 401.
+ */
+export function createApi(getToken, tokenHint) {
   async function request(method, path, body) {
     const headers = { Accept: "application/json" };
     const token = getToken().trim();
@@ -57,9 +60,7 @@ export function createApi(getToken) {
     if (!response.ok) {
       let detail = data && "detail" in data ? formatDetail(data.detail) : text.slice(0, 300);
       if (response.status === 401) {
-        detail += getToken().trim()
-          ? " (the API token is wrong)"
-          : " (this server needs an API token: fill in the token field)";
+        detail += ` (${tokenHint(Boolean(getToken().trim()))})`;
       }
       throw new ApiError(method, path, response.status, response.statusText, detail);
     }
@@ -107,4 +108,13 @@ export function throttle(task, interval) {
   }
 
   return schedule;
+}
+
+/** An optimizer configuration as one line: `adam, lr 0.001`, `sgd, lr 0.05, momentum 0.9`. */
+export function describeOptimizer(config) {
+  if (!config) return "–";
+  const extras = Object.entries(config)
+    .filter(([key, value]) => ["momentum", "nesterov", "weight_decay"].includes(key) && value !== 0 && value !== false)
+    .map(([key, value]) => `${key} ${value}`);
+  return [`${config.name}, lr ${config.lr}`, ...extras].join(", ");
 }

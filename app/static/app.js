@@ -1,35 +1,46 @@
-// The page: wires the drawing pad, predictions, training, and the views of the weights to the API.
+// The page: wires the drawing pad, predictions, teaching and training to the API; the views of
+// what happens inside live in explain.js (one drawing), step.js (one step) and inside.js (weights).
 
-import { createApi, throttle } from "./api.js";
-import { loadDigits, Sampler } from "./data.js";
+import { createApi, describeOptimizer, throttle } from "./api.js";
+import { loadDigits, resizeBilinear, Sampler } from "./data.js";
 import { DrawPad, paintGray } from "./draw.js";
-import { createBars, drawHistogram, drawKernels, drawLossChart } from "./plots.js";
+import { createExplainView } from "./explain.js";
+import { onLanguageChange, setText, setupLanguage, t } from "./i18n.js";
+import { createInsideView } from "./inside.js";
+import { createBars, drawLossChart } from "./plots.js";
+import { createStepView } from "./step.js";
 
 const $ = (id) => document.getElementById(id);
 
-// What "Start training" sets with PUT /optimizer, if the server's optimizer differs. Adam at
-// 0.001 gets the held-out accuracy past 80% within about a hundred steps of 32 images; the
-// tutorial's plain SGD at 0.01 barely moves in that time.
-const OPTIMIZER_PRESETS = {
-  adam: { name: "adam", lr: 0.001 },
-  "sgd-momentum": { name: "sgd", lr: 0.05, momentum: 0.9 },
-  sgd: { name: "sgd", lr: 0.01 },
-};
 const MAX_CURVE_POINTS = 3000;
 const EVAL_EVERY_MS = 1500;
-const PARAMS_EVERY_MS = 2000;
 const PREDICT_EVERY_MS = 120;
+// Below this top probability the net is guessing: ten classes at about 10% each.
+const GUESSING_BELOW = 0.15;
+// The loss counts as flat while the last steps average above this share of the first steps.
+const FLAT_AFTER_STEPS = 30;
+const FLAT_RATIO = 0.93;
+const GALLERY_MAX = 48;
 
-const api = createApi(() => $("token").value);
-const bars = createBars($("bars"));
+setupLanguage($("language"));
+
+const api = createApi(
+  () => $("token").value,
+  (hasToken) => t(hasToken ? "error.token.wrong" : "error.token.missing"),
+);
+const bars = createBars($("bars"), (digit, percent) => t("predict.bar.aria", { digit, percent }));
 const shown = { version: -1, step: -1 };
 const losses = [];
 const accuracies = [];
 let data = null;
+let trainSample = null;
 let sampler = null;
+let presets = {};
 let serverOptimizer = null;
 let running = false;
 let loop = null;
+let lastEvaluation = null;
+let undoCheckpoint = null;
 
 // ---- errors and the model's version -------------------------------------------------------
 
@@ -51,13 +62,87 @@ function noteVersion(answer) {
   $("model-step").textContent = String(answer.step);
 }
 
+// ---- the optimizer the page shows is the one that trains ----------------------------------
+
+function fillOptimizerChoices() {
+  const select = $("optimizer");
+  const chosen = select.value || Object.keys(presets)[0];
+  select.replaceChildren(
+    ...[...Object.keys(presets), "keep"].map((key) => {
+      const option = document.createElement("option");
+      option.value = key;
+      const note = t(`preset.${key}`);
+      option.textContent = key === "keep" ? note : `${describeOptimizer(presets[key])} ${note}`;
+      return option;
+    }),
+  );
+  select.value = chosen in presets || chosen === "keep" ? chosen : Object.keys(presets)[0];
+}
+
+function showServerOptimizer() {
+  $("server-optimizer").textContent = describeOptimizer(serverOptimizer);
+  if ($("optimizer").value === "keep" && serverOptimizer) $("lr").value = String(serverOptimizer.lr);
+}
+
+async function loadOptimizers() {
+  const [catalogue, current] = await Promise.all([api.get("/optimizers"), api.get("/optimizer")]);
+  presets = catalogue.presets;
+  serverOptimizer = current;
+  fillOptimizerChoices();
+  $("lr").value = String(presets[$("optimizer").value]?.lr ?? current.lr);
+  showServerOptimizer();
+}
+
+$("optimizer").addEventListener("change", () => {
+  const preset = presets[$("optimizer").value];
+  $("lr").disabled = !preset;
+  if (preset) $("lr").value = String(preset.lr);
+  showServerOptimizer();
+});
+
+/** The PUT /optimizer body the page shows (preset and learning rate), or null for "keep". */
+function chosenOptimizer() {
+  const preset = presets[$("optimizer").value];
+  if (!preset) return null;
+  const lr = Number($("lr").value);
+  if (!(lr > 0)) throw new Error(t("train.badlr", { value: $("lr").value }));
+  return { ...preset, lr };
+}
+
+/** PUT /optimizer when the shown choice differs from the server's; before any step the page takes. */
+async function applyOptimizerChoice() {
+  const wanted = chosenOptimizer();
+  if (!wanted) return;
+  serverOptimizer = await api.get("/optimizer");
+  const same = Object.entries(wanted).every(
+    ([key, value]) => JSON.stringify(serverOptimizer[key]) === JSON.stringify(value),
+  );
+  if (!same) {
+    serverOptimizer = await api.put("/optimizer", wanted);
+    setText($("optimizer-note"), "train.optimizer.set");
+  }
+  showServerOptimizer();
+}
+
 // ---- drawing and predicting ---------------------------------------------------------------
+
+function showGuess(probabilities, predicted) {
+  const guessing = Math.max(...probabilities) < GUESSING_BELOW;
+  $("untrained-note").hidden = !guessing;
+  $("prediction-mini").textContent = guessing ? `${predicted}?` : String(predicted);
+}
+
+function showNoPrediction() {
+  bars.reset();
+  $("prediction").textContent = "–";
+  $("prediction-mini").textContent = "–";
+  $("untrained-note").hidden = true;
+  setText($("prediction-info"), "predict.empty");
+}
 
 const predict = throttle(async () => {
   if (pad.isBlank()) {
-    bars.reset();
-    $("prediction").textContent = "–";
-    $("prediction-info").textContent = "draw something";
+    showNoPrediction();
     return;
   }
   try {
@@ -66,8 +151,8 @@ const predict = throttle(async () => {
     const predicted = answer.predictions[0];
     bars.update(answer.probabilities[0], predicted);
     $("prediction").textContent = String(predicted);
-    $("prediction-info").textContent =
-      `answered by version ${answer.version} (step ${answer.step})`;
+    showGuess(answer.probabilities[0], predicted);
+    setText($("prediction-info"), "predict.answered", { version: answer.version, step: answer.step });
     noteVersion(answer);
   } catch (error) {
     showError(error);
@@ -79,67 +164,63 @@ function onDrawingChanged() {
   for (const button of $("label-buttons").querySelectorAll("button")) button.disabled = blank;
   paintGray($("seen"), pad.toImage());
   predict();
+  explain.update();
+  step.drawingChanged(blank);
 }
 
 const pad = new DrawPad($("pad"), () => onDrawingChanged());
 $("clear").addEventListener("click", () => pad.clear());
+
+const context = { api, pad, noteVersion, showError, applyOptimizerChoice, isTraining: () => running };
+const explain = createExplainView(context);
+const inside = createInsideView(context);
+const step = createStepView(context, () => {
+  predict();
+  explain.update();
+  inside.refresh();
+});
+
+function labelButtons() {
+  for (const button of $("label-buttons").querySelectorAll("button")) {
+    button.setAttribute("aria-label", t("teach.button.aria", { digit: button.dataset.label }));
+  }
+}
 
 for (let digit = 0; digit < 10; digit++) {
   const button = document.createElement("button");
   button.type = "button";
   button.textContent = String(digit);
   button.dataset.label = String(digit);
-  button.setAttribute("aria-label", `Send the drawing as one training example labelled ${digit}`);
   button.disabled = true;
   button.addEventListener("click", () => teach(digit));
   $("label-buttons").append(button);
 }
+labelButtons();
 
 async function teach(label) {
   if (pad.isBlank()) return;
   const status = $("teach-status");
   try {
+    await applyOptimizerChoice();
     const answer = await api.post("/train-step", { inputs: [pad.toImage()], targets: [label] });
     noteVersion(answer);
-    status.textContent =
-      `Sent as "${label}": loss ${answer.loss.toFixed(4)} before the update; ` +
-      `now step ${answer.step}, version ${answer.version} (${answer.optimizer.name}, ` +
-      `lr ${answer.optimizer.lr}).`;
+    setText(status, "teach.sent", {
+      label,
+      loss: answer.loss.toFixed(4),
+      step: answer.step,
+      version: answer.version,
+      optimizer: describeOptimizer(answer.optimizer),
+    });
     predict();
-    refreshParams();
+    explain.update();
+    inside.refresh();
   } catch (error) {
-    status.textContent = `Not sent: ${error.message}`;
+    setText(status, "teach.failed", { message: error.message });
     showError(error);
   }
 }
 
 // ---- training -----------------------------------------------------------------------------
-
-function describeOptimizer(config) {
-  if (!config) return "–";
-  const extras = Object.entries(config)
-    .filter(([key, value]) => !["name", "lr"].includes(key) && value !== 0 && value !== false)
-    .filter(([key]) => ["momentum", "nesterov", "weight_decay"].includes(key))
-    .map(([key, value]) => `${key} ${value}`);
-  return [`${config.name}, lr ${config.lr}`, ...extras].join(", ");
-}
-
-async function loadOptimizer() {
-  serverOptimizer = await api.get("/optimizer");
-  $("server-optimizer").textContent = describeOptimizer(serverOptimizer);
-}
-
-/** PUT /optimizer when the chosen preset differs from the server's optimizer; only on Start. */
-async function applyOptimizerChoice() {
-  const preset = OPTIMIZER_PRESETS[$("optimizer").value];
-  if (!preset) return; // "keep the server's"
-  await loadOptimizer();
-  const same = Object.entries(preset).every(([key, value]) => serverOptimizer[key] === value);
-  if (same) return;
-  serverOptimizer = await api.put("/optimizer", preset);
-  $("server-optimizer").textContent = describeOptimizer(serverOptimizer);
-  $("optimizer-note").textContent = "(set by this page when you pressed Start)";
-}
 
 function batchSize() {
   const value = Math.round(Number($("batch-size").value));
@@ -153,21 +234,127 @@ function redrawChart() {
   chartQueued = true;
   requestAnimationFrame(() => {
     chartQueued = false;
-    drawLossChart($("loss-chart"), losses, accuracies);
+    drawLossChart($("loss-chart"), losses, accuracies, {
+      empty: t("chart.empty"),
+      x: t("chart.x"),
+      y: t("chart.y"),
+      acc: t("chart.yacc"),
+    });
+    showFlatNote();
   });
 }
 
-/** Held-out accuracy of the current weights, through POST /predict on the held-out images. */
+function showFlatNote() {
+  let flat = false;
+  if (losses.length >= FLAT_AFTER_STEPS) {
+    const mean = (part) => part.reduce((sum, d) => sum + d.loss, 0) / part.length;
+    flat = mean(losses.slice(-10)) > FLAT_RATIO * mean(losses.slice(0, 10));
+  }
+  $("flat-note").hidden = !flat;
+}
+
+function showAccuracy(element, correct, total, stepNumber) {
+  const percent = ((correct / total) * 100).toFixed(1);
+  setText(element, "stats.accuracy.value", { percent, correct, total, step: stepNumber });
+}
+
+/** Held-out and training accuracy of the current weights, through POST /predict. */
 async function evaluate() {
   if (!data) return;
-  const answer = await api.post("/predict", { inputs: data.heldOut.images });
-  const correct = answer.predictions.filter((p, i) => p === data.heldOut.labels[i]).length;
-  const accuracy = correct / data.heldOut.labels.length;
-  accuracies.push({ step: answer.step, accuracy });
-  $("accuracy").textContent =
-    `${(accuracy * 100).toFixed(1)}% (${correct}/${data.heldOut.labels.length}, step ${answer.step})`;
-  noteVersion(answer);
+  const [heldOut, training] = await Promise.all([
+    api.post("/predict", { inputs: data.heldOut.images }),
+    api.post("/predict", { inputs: trainSample.images }),
+  ]);
+  const correct = heldOut.predictions.filter((p, i) => p === data.heldOut.labels[i]).length;
+  const trainCorrect = training.predictions.filter((p, i) => p === trainSample.labels[i]).length;
+  accuracies.push({ step: heldOut.step, accuracy: correct / data.heldOut.labels.length });
+  showAccuracy($("accuracy"), correct, data.heldOut.labels.length, heldOut.step);
+  showAccuracy($("train-accuracy"), trainCorrect, trainSample.labels.length, training.step);
+  lastEvaluation = { predictions: heldOut.predictions, step: heldOut.step };
+  showMistakes();
+  noteVersion(heldOut);
   redrawChart();
+}
+
+/** The confusion matrix and the gallery of misclassified held-out digits, from the last evaluation. */
+function showMistakes() {
+  const table = $("confusion");
+  const gallery = $("gallery");
+  if (!lastEvaluation || !data) {
+    table.replaceChildren();
+    gallery.replaceChildren();
+    setText($("gallery-info"), "gallery.hint");
+    return;
+  }
+  const labels = data.heldOut.labels;
+  const counts = Array.from({ length: 10 }, () => new Array(10).fill(0));
+  lastEvaluation.predictions.forEach((p, i) => counts[labels[i]][p]++);
+  const rowTotal = counts.map((row) => row.reduce((a, b) => a + b, 0));
+  const head = document.createElement("tr");
+  const corner = document.createElement("th");
+  corner.textContent = t("confusion.corner");
+  corner.scope = "col";
+  head.append(corner);
+  for (let p = 0; p < 10; p++) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = String(p);
+    head.append(th);
+  }
+  const rows = counts.map((row, truth) => {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = String(truth);
+    tr.append(th);
+    row.forEach((count, p) => {
+      const td = document.createElement("td");
+      td.textContent = String(count);
+      const share = count / Math.max(1, rowTotal[truth]);
+      // Blue on the diagonal (right), orange off it (wrong); setting style from JS is CSP-safe.
+      const rgb = truth === p ? "53, 99, 233" : "217, 72, 15";
+      if (count) td.style.backgroundColor = `rgba(${rgb}, ${Math.max(0.08, share).toFixed(2)})`;
+      if (share > 0.55) td.classList.add("dark");
+      td.setAttribute("aria-label", t("confusion.cell.aria", { truth, p, count }));
+      tr.append(td);
+    });
+    return tr;
+  });
+  table.replaceChildren(head, ...rows);
+  table.dataset.step = String(lastEvaluation.step);
+
+  const wrong = [];
+  lastEvaluation.predictions.forEach((p, i) => {
+    if (p !== labels[i]) wrong.push(i);
+  });
+  setText($("gallery-info"), "gallery.count", { wrong: wrong.length, total: labels.length });
+  gallery.replaceChildren(
+    ...wrong.slice(0, GALLERY_MAX).map((i) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "digit";
+      button.dataset.index = String(i);
+      button.dataset.truth = String(labels[i]);
+      button.dataset.predicted = String(lastEvaluation.predictions[i]);
+      const label = t("gallery.item", { truth: labels[i], p: lastEvaluation.predictions[i] });
+      button.setAttribute("aria-label", label);
+      button.title = label;
+      const canvas = document.createElement("canvas");
+      paintGray(canvas, data.heldOut.images[i]);
+      const caption = document.createElement("span");
+      caption.textContent = `${labels[i]}→${lastEvaluation.predictions[i]}`;
+      button.append(canvas, caption);
+      button.addEventListener("click", () => {
+        pad.loadImage(resizeBilinear(data.heldOut.images[i]));
+        $("pad").scrollIntoView({ block: "center", behavior: "smooth" });
+      });
+      return button;
+    }),
+  );
+}
+
+function showEpoch() {
+  $("epoch").textContent = sampler ? sampler.epochs().toFixed(2) : "–";
 }
 
 function setRunning(value) {
@@ -175,10 +362,16 @@ function setRunning(value) {
   $("start").disabled = value || !data;
   $("stop").disabled = !value;
   $("optimizer").disabled = value;
+  $("lr").disabled = value || !presets[$("optimizer").value];
+  step.trainingChanged(value);
+}
+
+function setState(key) {
+  setText($("train-state"), key);
 }
 
 async function trainLoop() {
-  $("train-state").textContent = "training";
+  setState("state.training");
   const started = performance.now();
   let steps = 0;
   let lastEval = performance.now();
@@ -189,11 +382,15 @@ async function trainLoop() {
       losses.push({ step: answer.step, loss: answer.loss });
       if (losses.length > MAX_CURVE_POINTS) losses.splice(0, losses.length - MAX_CURVE_POINTS);
       noteVersion(answer);
-      $("loss").textContent = `${answer.loss.toFixed(4)} (step ${answer.step})`;
+      setText($("loss"), "stats.loss.value", { loss: answer.loss.toFixed(4), step: answer.step });
       $("rate").textContent = ((steps * 1000) / (performance.now() - started)).toFixed(1);
+      showEpoch();
       redrawChart();
-      refreshParams();
-      if (!pad.isBlank()) predict();
+      inside.refresh();
+      if (!pad.isBlank()) {
+        predict();
+        explain.update();
+      }
       if (performance.now() - lastEval > EVAL_EVERY_MS) {
         lastEval = performance.now();
         await evaluate();
@@ -204,7 +401,7 @@ async function trainLoop() {
     showError(error);
   } finally {
     setRunning(false);
-    $("train-state").textContent = "stopped";
+    setState("state.stopped");
   }
 }
 
@@ -215,145 +412,131 @@ $("start").addEventListener("click", async () => {
   if (running || !data) return;
   hideError();
   setRunning(true);
-  $("train-state").textContent = "starting";
+  setState("state.starting");
+  // The curve is what to watch now: on a small screen, bring it into sight (just below the buttons).
+  $("loss-chart").scrollIntoView({ block: "nearest" });
   try {
     await applyOptimizerChoice();
   } catch (error) {
     showError(error);
     setRunning(false);
-    $("train-state").textContent = "stopped";
+    setState("state.stopped");
     return;
   }
   loop = trainLoop();
 });
 
-$("stop").addEventListener("click", async () => {
+async function stopTraining() {
   if (!running) return;
   running = false;
   $("stop").disabled = true;
-  $("train-state").textContent = "stopping";
+  setState("state.stopping");
   await loop;
+}
+
+$("stop").addEventListener("click", stopTraining);
+
+// ---- reset, asked first and undoable -------------------------------------------------------
+
+/** Forget every figure computed from weights that are gone, and compute them again. */
+async function clearFigures() {
+  losses.length = 0;
+  accuracies.length = 0;
+  lastEvaluation = null;
+  for (const id of ["loss", "accuracy", "train-accuracy"]) {
+    delete $(id).dataset.i18n;
+    $(id).textContent = "–";
+  }
+  $("rate").textContent = "–";
+  if (data) sampler = new Sampler(data.train);
+  showEpoch();
+  showMistakes();
+  step.clear();
+  redrawChart();
+  await evaluate().catch(showError);
+  predict();
+  explain.update();
+  inside.refresh();
+}
+
+$("reset").addEventListener("click", () => {
+  $("reset-done").hidden = true;
+  $("reset-confirm").hidden = false;
+  $("reset-yes").focus();
 });
 
-$("reset").addEventListener("click", async () => {
+$("reset-no").addEventListener("click", () => {
+  $("reset-confirm").hidden = true;
+});
+
+$("reset-yes").addEventListener("click", async () => {
+  $("reset-confirm").hidden = true;
   hideError();
   try {
+    await stopTraining();
+    // A checkpoint first, so that Undo can bring these weights and this optimizer state back.
+    const saved = await api.post("/checkpoints");
     const answer = await api.post("/reset");
     noteVersion(answer);
-    losses.length = 0;
-    accuracies.length = 0;
-    $("loss").textContent = "–";
-    redrawChart();
-    if (!running) await evaluate();
-    predict();
-    refreshParams();
+    undoCheckpoint = saved;
+    setText($("reset-done-text"), "reset.done", { version: saved.version, step: saved.step });
+    $("undo").hidden = false;
+    $("reset-done").hidden = false;
+    await clearFigures();
   } catch (error) {
     showError(error);
   }
 });
 
-// ---- looking inside -----------------------------------------------------------------------
-
-const histogramRows = new Map();
-
-function histogramRow(name) {
-  let row = histogramRows.get(name);
-  if (row) return row;
-  const tr = document.createElement("tr");
-  tr.innerHTML = `<th scope="row"><code></code><div class="muted small"></div></th>
-    <td><canvas width="240" height="64" role="img"></canvas><div class="muted small"></div></td>
-    <td><canvas width="240" height="64" role="img"></canvas><div class="muted small"></div></td>`;
-  tr.querySelector("code").textContent = name;
-  const [values, grads] = tr.querySelectorAll("canvas");
-  values.setAttribute("aria-label", `Histogram of ${name}`);
-  grads.setAttribute("aria-label", `Histogram of the gradient of ${name}`);
-  $("histograms").append(tr);
-  row = { tr, values, grads, notes: tr.querySelectorAll("div") };
-  histogramRows.set(name, row);
-  return row;
-}
-
-const fmt = (x) => (Math.abs(x) >= 0.01 || x === 0 ? x.toFixed(3) : x.toExponential(1));
-
-function showParameters(report) {
-  for (const p of report.parameters) {
-    const row = histogramRow(p.name);
-    row.notes[0].textContent = `[${p.shape.join("×")}] ${p.numel.toLocaleString("en")} numbers`;
-    row.notes[1].textContent = `mean ${fmt(p.stats.mean)}, std ${fmt(p.stats.std)}`;
-    row.notes[2].textContent = p.grad_stats
-      ? `norm ${fmt(p.grad_stats.norm)}, std ${fmt(p.grad_stats.std)}`
-      : "none yet";
-    drawHistogram(row.values, p.values.flat(Infinity), "#3563e9");
-    drawHistogram(row.grads, p.grad ? p.grad.flat(Infinity) : null, "#d9480f");
-    if (p.name === "conv1.weight") {
-      // (6, 1, 5, 5): one row of six filters.
-      drawKernels($("conv1-filters"), [p.values.map((filter) => filter[0])], 40, 8);
-    } else if (p.name === "conv2.weight") {
-      // (16, 6, 5, 5): filters as columns, their six input channels as rows.
-      const kernels = p.values[0].map((_, channel) => p.values.map((filter) => filter[channel]));
-      drawKernels($("conv2-filters"), kernels, 25, 4);
-    }
-  }
-  $("params-info").textContent = `(version ${report.version}, step ${report.step})`;
-  noteVersion(report);
-}
-
-const refreshParams = throttle(async () => {
+$("undo").addEventListener("click", async () => {
+  if (!undoCheckpoint) return;
+  hideError();
   try {
-    showParameters(await api.get("/params?values=true&grads=true"));
+    await stopTraining();
+    const answer = await api.post(`/checkpoints/${encodeURIComponent(undoCheckpoint.id)}/restore`);
+    noteVersion(answer);
+    setText($("reset-done-text"), "reset.undone", { step: undoCheckpoint.step });
+    $("undo").hidden = true;
+    undoCheckpoint = null;
+    await clearFigures();
   } catch (error) {
     showError(error);
   }
-}, PARAMS_EVERY_MS);
-
-$("refresh-params").addEventListener("click", () => refreshParams());
-
-async function loadModel() {
-  const model = await api.get("/model");
-  $("model-repr").textContent = model.repr;
-  $("layers").replaceChildren(
-    ...model.layers.map((layer) => {
-      const tr = document.createElement("tr");
-      for (const text of [
-        layer.name,
-        layer.type,
-        `[${layer.output_shape.join(", ")}]`,
-        layer.params.toLocaleString("en"),
-      ]) {
-        const td = document.createElement("td");
-        td.textContent = text;
-        tr.append(td);
-      }
-      return tr;
-    }),
-  );
-  $("total-params").textContent = model.parameters.toLocaleString("en");
-  $("model-device").textContent = `on ${model.device}, ${model.dtype}`;
-  noteVersion(model);
-}
+});
 
 // ---- start --------------------------------------------------------------------------------
 
 $("error-dismiss").addEventListener("click", hideError);
 window.addEventListener("resize", redrawChart);
-drawLossChart($("loss-chart"), losses, accuracies);
+onLanguageChange(() => {
+  redrawChart();
+  fillOptimizerChoices();
+  labelButtons();
+  showMistakes();
+  showEpoch();
+});
+redrawChart();
 
 async function init() {
   setRunning(false);
   const results = await Promise.allSettled([
-    loadModel(),
-    loadOptimizer(),
-    refreshParams(),
+    inside.loadModel(),
+    loadOptimizers(),
+    inside.refresh(),
     loadDigits().then((digits) => {
       data = digits;
+      // A fixed sample of the training digits, as many as held out, for the training accuracy.
+      const n = digits.heldOut.labels.length;
+      trainSample = { images: digits.train.images.slice(0, n), labels: digits.train.labels.slice(0, n) };
       sampler = new Sampler(data.train);
-      $("data-info").textContent =
-        `${data.train.labels.length} training and ${data.heldOut.labels.length} held-out ` +
-        "images from scikit-learn's load_digits (8×8, 0..16 scaled to [0, 1]; the server " +
-        "resizes them to 32×32).";
-      setRunning(false);
+      setText($("data-info"), "train.data", {
+        train: data.train.labels.length,
+        heldout: data.heldOut.labels.length,
+      });
+      showEpoch();
     }),
   ]);
+  setRunning(false);
   const failed = results.find((result) => result.status === "rejected");
   if (failed) showError(failed.reason);
   if (data) await evaluate().catch(showError);

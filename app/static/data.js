@@ -37,6 +37,12 @@ export class Sampler {
     this.order = [];
     this.state = seed >>> 0 || 1;
     this.epoch = 0;
+    this.drawn = 0; // examples handed out so far
+  }
+
+  /** Epochs done so far, as a fraction: examples drawn over the size of the split. */
+  epochs() {
+    return this.drawn / this.split.labels.length;
   }
 
   #random() {
@@ -65,7 +71,35 @@ export class Sampler {
       const i = this.order.pop();
       inputs.push(this.split.images[i]);
       targets.push(this.split.labels[i]);
+      this.drawn++;
     }
     return { inputs, targets };
   }
+}
+
+/**
+ * Resize an image (rows of floats) to `side` x `side` as the server does: bilinear, as
+ * torch.nn.functional.interpolate(mode="bilinear", align_corners=False).
+ */
+export function resizeBilinear(rows, side = 32) {
+  const h = rows.length;
+  const w = rows[0].length;
+  const source = (i, inSize) => {
+    const s = Math.max(0, ((i + 0.5) * inSize) / side - 0.5);
+    const i0 = Math.min(Math.floor(s), inSize - 1);
+    return [i0, Math.min(i0 + 1, inSize - 1), s - i0];
+  };
+  const out = [];
+  for (let y = 0; y < side; y++) {
+    const [y0, y1, fy] = source(y, h);
+    const row = new Array(side);
+    for (let x = 0; x < side; x++) {
+      const [x0, x1, fx] = source(x, w);
+      const top = rows[y0][x0] * (1 - fx) + rows[y0][x1] * fx;
+      const bottom = rows[y1][x0] * (1 - fx) + rows[y1][x1] * fx;
+      row[x] = top * (1 - fy) + bottom * fy;
+    }
+    out.push(row);
+  }
+  return out;
 }

@@ -16,6 +16,7 @@ export class DrawPad {
     this.onChange = onChange;
     this.strokes = []; // each stroke: [[x, y], ...] in canvas pixels
     this.active = null;
+    this.image = null; // a loaded 32x32 image (a held-out digit), instead of strokes
     this.lineWidth = canvas.width / 14;
     this.#wipe();
     canvas.addEventListener("pointerdown", (event) => this.#down(event));
@@ -27,7 +28,18 @@ export class DrawPad {
 
   /** True when nothing is drawn. */
   isBlank() {
-    return this.strokes.length === 0;
+    return this.strokes.length === 0 && this.image === null;
+  }
+
+  /** Show `rows` (32x32 floats in [0, 1]) on the pad, replacing the drawing. */
+  loadImage(rows) {
+    this.#wipe();
+    this.image = rows.map((row) => row.slice());
+    const small = document.createElement("canvas");
+    paintGray(small, this.image);
+    this.ctx.imageSmoothingEnabled = false;
+    this.ctx.drawImage(small, 0, 0, this.canvas.width, this.canvas.height);
+    this.onChange?.();
   }
 
   /** Erase everything. */
@@ -38,6 +50,7 @@ export class DrawPad {
 
   #wipe() {
     this.strokes = [];
+    this.image = null;
     this.active = null;
     this.ctx.fillStyle = "#000";
     this.ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
@@ -54,6 +67,7 @@ export class DrawPad {
   #down(event) {
     if (event.button !== undefined && event.button > 0) return;
     event.preventDefault();
+    if (this.image) this.#wipe(); // drawing on a loaded digit starts a new drawing
     this.canvas.setPointerCapture?.(event.pointerId);
     this.active = event.pointerId;
     this.strokes.push([this.#point(event)]);
@@ -85,6 +99,7 @@ export class DrawPad {
 
   /** The drawing as the model wants it: 32 rows of 32 floats in [0, 1], white on black. */
   toImage() {
+    if (this.image) return this.image.map((row) => row.slice());
     const canvas = document.createElement("canvas");
     canvas.width = SIDE;
     canvas.height = SIDE;
