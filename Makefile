@@ -22,11 +22,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# Debian's Chromium drives the web page's end-to-end tests (Playwright cannot download one here).
+# Debian's Chromium drives the web page's end-to-end tests (Playwright cannot download one here);
+# a CJK font lets the zh-TW screenshots show characters rather than boxes.
 browser:
-	@command -v /usr/bin/chromium >/dev/null || { \
+	@{ command -v /usr/bin/chromium >/dev/null && [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; } || { \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver \
+			fonts-wqy-microhei >/dev/null; }
 
 # Debian's HAProxy runs deploy/haproxy/haproxy.cfg in the deployment tests.
 haproxy:
