@@ -1,5 +1,6 @@
 """The application factory: `create_app(settings)` builds the app; `app.main:app` serves it."""
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        if settings.gc_freeze:
+            gc.freeze()
         logger.info(
             "LeNet ready on %s at version %d, step %d", engine.device, engine.version, engine.step
         )

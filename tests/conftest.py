@@ -49,6 +49,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "seed": SEED,
             "checkpoint_dir": tmp_path / "checkpoints",
             "autosave_on_shutdown": False,
+            # One process builds hundreds of apps here: frozen objects are never collected.
+            "gc_freeze": False,
         }
         values.update(overrides)
         return Settings(**values)
