@@ -301,7 +301,7 @@ class BodyDecoder:
             ) from error
 
     def close(self) -> None:
-        """Stop the worker, if one was started."""
+        """Stop the worker, if one was started (after the body it may be decoding)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -7,6 +7,7 @@ version and the step."""
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -148,7 +149,7 @@ def test_a_non_finite_loss_is_refused_and_everything_restored(
 
 
 def test_non_finite_weights_are_refused_and_everything_restored(
-    make_settings: SettingsFactory,
+    make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
     """lr 1e38 on finite gradients overflows the weights: the step is undone, momentum too,
     and the next good step is the one a never-refused engine takes."""
@@ -168,9 +169,15 @@ def test_non_finite_weights_are_refused_and_everything_restored(
         assert (answer.version, answer.step) == (2, 2)
         return engine_state(engine)
 
-    settings = make_settings(max_lr=1e38)
-    refused = with_engine(settings, lambda engine: steps(engine, refuse=True))
-    reference = with_engine(settings, lambda engine: steps(engine, refuse=False))
+    # Two engines, each with a folder of its own (versions are reserved per folder).
+    refused = with_engine(
+        make_settings(max_lr=1e38, checkpoint_dir=tmp_path / "refused"),
+        lambda engine: steps(engine, refuse=True),
+    )
+    reference = with_engine(
+        make_settings(max_lr=1e38, checkpoint_dir=tmp_path / "reference"),
+        lambda engine: steps(engine, refuse=False),
+    )
     assert_equal_state(refused, reference)
 
 

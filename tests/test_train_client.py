@@ -387,7 +387,7 @@ def test_lenet_serve_runs_without_scikit_learn_or_tqdm(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parents[1],
         )
-    server = LiveServer(process, f"http://127.0.0.1:{port}", log_path, env)
+    server = LiveServer(process, f"http://127.0.0.1:{port}", log_path)
     try:
         server.wait_ready()
         with server.client() as http:
