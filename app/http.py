@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, TypeAdapter
 
 from app.engine import Engine
-from app.errors import Forbidden, Unauthorized
+from app.errors import Conflict, Forbidden, Unauthorized
 from app.schemas import ErrorDetail
 from app.settings import Settings, normalize_origin
 from app.tensors import Limits, check_json_content_type, parse_json_object
@@ -59,10 +59,22 @@ def _is_foreign_origin(request: Request, origins: list[str], allowed: tuple[str,
     return origin != own and origin not in allowed
 
 
-async def require_token(request: Request) -> None:
-    """Guard every route that changes anything: a cross-site request (its Origin is another
-    site's) is 403, with or without a token; then, when LENET_API_TOKEN is set, a request
-    without `Bearer <token>` is 401."""
+async def require_trainer(request: Request) -> None:
+    """Refuse (409) a change on a predictor: it follows the trainer's versions, and only the
+    trainer changes anything. A sub-dependency of `require_token`, so every route that needs the
+    token (the routes that change anything) is refused on a predictor, and only those."""
+    settings: Settings = request.app.state.settings
+    if settings.role == "predictor":
+        raise Conflict(
+            "this server is a predictor (LENET_ROLE=predictor): it serves the versions the "
+            "trainer publishes and changes nothing; send training and other changes to the trainer"
+        )
+
+
+async def require_token(request: Request, _role: None = Depends(require_trainer)) -> None:
+    """Guard every route that changes anything: on a predictor, 409 (`require_trainer`); a
+    cross-site request (its Origin is another site's) is 403, with or without a token; then,
+    when LENET_API_TOKEN is set, a request without `Bearer <token>` is 401."""
     settings: Settings = request.app.state.settings
     # A browser sends Origin with every cross-site POST, preflight or not (an empty or
     # text/plain body needs none); clients that are not browsers send none and pass.
