@@ -71,7 +71,10 @@ class Publisher:
             while not self._requested.is_set() and self.engine.current_version == self.published:
                 await _first_of(self._requested, self.engine.changes())
             if not self._requested.is_set():  # a change: at most one publication per interval
-                await asyncio.sleep(max(0.0, last + self.interval_s - loop.time()))
+                remaining = last + self.interval_s - loop.time()
+                if remaining > 0:  # a checkpoint (`request`) cuts the wait short
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._requested.wait(), remaining)
             self._requested.clear()
             last = loop.time()
             await self.publish_newest()
