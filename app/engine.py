@@ -25,9 +25,11 @@ import contextlib
 import functools
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
@@ -74,6 +76,17 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+@dataclass
+class _PinnedGroup:
+    """Pinned requests for one version, gathered while they wait for the torch thread."""
+
+    version: int
+    batches: list[torch.Tensor] = field(default_factory=list)
+    images: int = 0
+    started: bool = False  # set on the torch thread when it takes the group: no more joiners
+    result: "asyncio.Future[list[Prediction]] | None" = None
+
+
 class Engine:
     """Holds one LeNet and everything that changes it; see the module docstring for the rules."""
 
@@ -87,6 +100,11 @@ class Engine:
         # Pinned requests run on this second network, loaded with the resident version named.
         self._pinned = Net().requires_grad_(False)
         self._pinned_version: int | None = None
+        # Pinned requests batch per version: those for one version that arrive while the torch
+        # thread is busy join one forward pass (bench/pinned.py: 4x the throughput of one pass
+        # each at 64 concurrent requests). The lock guards the handover between the threads.
+        self._pinned_lock = threading.Lock()
+        self._pinned_groups: dict[int, _PinnedGroup] = {}
         self.resident = ResidentVersions(settings.keep_versions)
         self.role = settings.role
         store_path = settings.store_path
@@ -309,7 +327,7 @@ class Engine:
         images = await self._network_sized(images)
         if version is not None:
             self.resident.get(version)  # 404 at once, without queueing for the torch thread
-            prediction = await self._run(self._predict_pinned, images, version)
+            prediction = await self._predict_pinned(images, version)
         else:
             if min_version is not None:
                 await self._reach(min_version)
@@ -337,10 +355,45 @@ class Engine:
             whole.rows(end - batch.shape[0], end) for batch, end in zip(batches, ends, strict=True)
         ]
 
+    async def _predict_pinned(self, images: torch.Tensor, version: int) -> Prediction:
+        """`images` through exactly resident `version`, in one forward pass with the other
+        requests for that version that arrive before the torch thread takes them."""
+        count = int(images.shape[0])
+        with self._pinned_lock:
+            group = self._pinned_groups.get(version)
+            leads = (
+                group is None
+                or group.started
+                or group.images + count > self.settings.batch_max_images
+            )
+            if leads:
+                group = self._pinned_groups[version] = _PinnedGroup(version)
+            assert group is not None
+            index = len(group.batches)
+            group.batches.append(images)
+            group.images += count
+        if leads:  # no await since the lock: nobody sees the group without its result
+            group.result = asyncio.ensure_future(self._run(self._predict_group, group))
+            # Read the outcome even if every waiter went away (no "never retrieved" warning).
+            group.result.add_done_callback(lambda done: done.cancelled() or done.exception())
+        assert group.result is not None
+        # Shielded: a client that goes away must not cancel the pass the others wait for.
+        return (await asyncio.shield(group.result))[index]
+
     @on_device_failure
-    def _predict_pinned(self, images: torch.Tensor, version: int) -> Prediction:
-        net, entry = self._pinned_net(version)
-        return predict_batch(net, images, self.device, entry.version, entry.step)
+    def _predict_group(self, group: _PinnedGroup) -> list[Prediction]:
+        with self._pinned_lock:
+            group.started = True
+            if self._pinned_groups.get(group.version) is group:
+                del self._pinned_groups[group.version]
+            batches = list(group.batches)
+        net, entry = self._pinned_net(group.version)
+        images = batches[0] if len(batches) == 1 else torch.cat(batches)
+        whole = predict_batch(net, images, self.device, entry.version, entry.step)
+        ends = np.cumsum([batch.shape[0] for batch in batches]).tolist()
+        return [
+            whole.rows(end - batch.shape[0], end) for batch, end in zip(batches, ends, strict=True)
+        ]
 
     @on_device_failure
     def _predict_now(self, images: torch.Tensor) -> Prediction:

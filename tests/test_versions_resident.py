@@ -3,6 +3,7 @@
 process and over a real server while training runs. Every pinned answer is checked against a
 local forward with that version's weights, as GET /params/export gave them after its step."""
 
+import asyncio
 import io
 import random
 import threading
@@ -258,3 +259,36 @@ def test_pinned_answers_over_a_real_server_while_it_trains(tmp_path: Path) -> No
     assert not failures, failures
     assert checked >= 20 and missed < checked, (checked, missed)
     assert listed["current"] == max(kept) and len(listed["versions"]) == 16
+
+
+def test_concurrent_pinned_requests_for_several_versions_each_get_their_own(
+    make_settings: Callable[..., Any],
+) -> None:
+    """Pinned requests are batched per version: many at once, for two versions and of
+    different sizes, each answered from exactly its own version's weights."""
+    from app.engine import Engine
+
+    async def scenario() -> list[tuple[int, np.ndarray, Any]]:
+        engine = Engine(make_settings(keep_versions=8))
+        await engine.start()
+        try:
+            kept = {}
+            images = torch.from_numpy(IMAGES)
+            for _ in range(3):
+                await engine.train_step(images, torch.arange(3), "cross_entropy", None)
+                kept[engine.version] = {
+                    name: p.detach().clone() for name, p in engine.model.named_parameters()
+                }
+            requests = [
+                (version, image_batch(1 + n % 4, seed=n)) for n in range(48) for version in (1, 3)
+            ]
+            answers = await asyncio.gather(
+                *(engine.predict(torch.from_numpy(x), version=v) for v, x in requests)
+            )
+            return [(v, x, (a, kept[v])) for (v, x), a in zip(requests, answers, strict=True)]
+        finally:
+            await engine.close()
+
+    for version, images, (answer, weights) in asyncio.run(scenario()):
+        assert answer.version == version
+        np.testing.assert_allclose(answer.logits, local_logits(weights, images), atol=1e-6)
