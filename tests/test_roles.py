@@ -46,6 +46,20 @@ def publish(store: VersionStore, version: int, weights: dict[str, torch.Tensor])
     return data
 
 
+def publish_damaged(store: VersionStore, version: int, weights: dict[str, torch.Tensor]) -> None:
+    """Publish `version` with its weights damaged after hashing (the last bytes changed), in the
+    store's own order (weights, record, pointer), so no reader ever sees it sound."""
+    scratch = VersionStore(store.root.parent / f"scratch-{version}")
+    data = publish(scratch, version, weights)
+    name = f"{version:020d}"
+    store.versions_dir.mkdir(parents=True, exist_ok=True)
+    (store.versions_dir / f"{name}.safetensors").write_bytes(data[:-4] + b"\x00\x00\xc0\x7f")
+    (store.versions_dir / f"{name}.json").write_bytes(
+        (scratch.versions_dir / f"{name}.json").read_bytes()
+    )
+    store.latest_path.write_bytes(scratch.latest_path.read_bytes())
+
+
 def latest_version(store: VersionStore) -> int:
     """The version `latest.json` names, -1 before the first publication."""
     record = store.read_latest()
@@ -158,9 +172,7 @@ def test_a_predictor_never_goes_back_and_skips_a_version_that_fails_its_check(
     assert predictor.get("/versions").json()["current"] == 5
 
     with caplog.at_level(logging.WARNING, logger="lenet.follow"):
-        data = publish(store, 8, build_net(4).state_dict())  # then damaged: its hash fails
-        path = store.versions_dir / f"{8:020d}.safetensors"
-        path.write_bytes(data[:-4] + b"\x00\x00\xc0\x7f")
+        publish_damaged(store, 8, build_net(4).state_dict())  # its hash fails
         wait_until(lambda: "skipping version 8" in caplog.text)
         nan = {k: v.clone() for k, v in build_net(5).state_dict().items()}
         nan["fc3.bias"][0] = float("nan")
@@ -193,8 +205,7 @@ def test_a_predictor_reports_its_lag_while_a_newer_version_is_unusable(
     publish(store, 1, build_net(1).state_dict())
     predictor = make_client(role="predictor", store_url=store_url, poll_interval_ms=20)
     wait_until(lambda: predictor.get("/readyz").status_code == 200)
-    data = publish(store, 2, build_net(2).state_dict())
-    (store.versions_dir / f"{2:020d}.safetensors").write_bytes(data[:-1] + b"\x01")
+    publish_damaged(store, 2, build_net(2).state_dict())
     time.sleep(0.4)
     listed = predictor.get("/versions").json()
     assert listed["current"] == 1 and listed["lag_ms"] >= 300
