@@ -10,16 +10,27 @@ The price is that torch calls are serialised, which on this small model costs no
 Every change is all or nothing: `_all_or_nothing` takes a `TrainingSnapshot` first and puts it
 back if anything fails or is refused. What is stateless lives beside the engine: the codec and
 weight checks in `app.tensors`, the graph walk and reports in `app.inspection`.
+
+Versions you can name: after every committed change the torch thread clones the weights into
+`app.resident` (the newest LENET_KEEP_VERSIONS) and announces the new version on the event loop
+(`changes`), which wakes `min_version` waiters and the publisher. A pinned request runs on the
+torch thread with that version's tensors copied into a second network, outside the batcher (a
+batch is computed from one version: the current one). In a cluster (`app.follow`) a trainer
+publishes its versions to the store and a predictor adopts them (`adopt_published`) in place of
+training; a predictor answers only once it holds one.
 """
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
@@ -32,9 +43,11 @@ from app.batching import BatchObserver, PredictionBatcher
 from app.checkpoints import CheckpointError, CheckpointInfo, CheckpointStore, LoadedCheckpoint
 from app.device import configure, on_device_failure, resolve_device
 from app.errors import Conflict, InvalidInput, NonFiniteStep, NotFound, NotReady
+from app.follow import Follower, Publisher
 from app.observability import traced
 from app.optimizers import OptimizerConfig, SGDConfig, optimizer_config_adapter
 from app.prediction import Prediction, predict_batch
+from app.resident import ResidentVersion, ResidentVersions
 from app.schemas import (
     BackwardResponse,
     ExplainResponse,
@@ -45,14 +58,35 @@ from app.schemas import (
 )
 from app.settings import Settings
 from app.snapshot import Counters, TrainingSnapshot
+from app.store import StoredVersion, VersionStore
 from app.tensors import needs_resize, resize_images, save_weights, validate_weights
 from app.training import build_optimizer, forward_loss, learning_rate
 from models.lenet import INPUT_SHAPE, PARAMETER_NAMES, Net, build_net
 
 logger = logging.getLogger("lenet.engine")
 
+
+def check_version_choice(version: int | None, min_version: int | None) -> None:
+    """Refuse (422) a request that names both an exact version and a minimum one."""
+    if version is not None and min_version is not None:
+        raise InvalidInput(
+            "give either version (exactly that one) or min_version (at least that one), not both"
+        )
+
+
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+@dataclass
+class _PinnedGroup:
+    """Pinned requests for one version, gathered while they wait for the torch thread."""
+
+    version: int
+    batches: list[torch.Tensor] = field(default_factory=list)
+    images: int = 0
+    started: bool = False  # set on the torch thread when it takes the group: no more joiners
+    result: "asyncio.Future[list[Prediction]] | None" = None
 
 
 class Engine:
@@ -65,13 +99,34 @@ class Engine:
         self.batch_observers: list[BatchObserver] = []
         self.model = Net()
         self._parameters = dict(self.model.named_parameters())
+        # Pinned requests run on this second network, loaded with the resident version named.
+        self._pinned = Net().requires_grad_(False)
+        self._pinned_version: int | None = None
+        # Pinned requests batch per version: those for one version that arrive while the torch
+        # thread is busy join one forward pass (bench/pinned.py: 4x the throughput of one pass
+        # each at 64 concurrent requests). The lock guards the handover between the threads.
+        self._pinned_lock = threading.Lock()
+        self._pinned_groups: dict[int, _PinnedGroup] = {}
+        self.resident = ResidentVersions(settings.keep_versions)
+        self.role = settings.role
+        store_path = settings.store_path
+        self.store = None if store_path is None else VersionStore(store_path)
+        self.publisher: Publisher | None = None
+        self.follower: Follower | None = None
+        if self.store is not None and self.role == "trainer":
+            self.publisher = Publisher(self, self.store, settings.publish_interval_ms / 1000)
+        if self.store is not None and self.role == "predictor":
+            self.follower = Follower(self, self.store, settings.poll_interval_ms / 1000)
+        self.store_latest: int | None = None  # the newest version seen in (or put in) the store
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed = asyncio.Event()
+        self._started = False
         self.optimizer_config: OptimizerConfig = SGDConfig(lr=settings.lr)
         self.optimizer = self._fresh_optimizer(self.optimizer_config)
         self.version = 0
         self.step = 0
         self.last_loss: float | None = None
         self.steps_refused = 0
-        self.ready = False
         self.weights_finite = True
         # The start-up weights count as saved: they come from a checkpoint or from the seed, so
         # shutting down without any change writes nothing (and never pins a seed's weights).
@@ -87,24 +142,52 @@ class Engine:
 
     # ----------------------------------------------------------------- life cycle
 
+    @property
+    def ready(self) -> bool:
+        """Serving: started, and (on a predictor) holding a version from the store."""
+        return self._started and self.resident.newest() is not None
+
+    @property
+    def is_predictor(self) -> bool:
+        """Whether this process follows a trainer instead of training (LENET_ROLE=predictor)."""
+        return self.role == "predictor"
+
     async def start(self) -> None:
-        """Put the model on its device (from the newest valid checkpoint, if any) and warm up."""
+        """Put the model on its device (from the newest valid checkpoint, if any) and warm up;
+        then publish (a trainer) or follow the store (a predictor) in the background."""
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
         await self._run(self._load_initial_state)
         self._batcher.start()
-        self.ready = True
+        self._started = True
+        if self.publisher is not None:
+            self.publisher.start()
+        if self.follower is not None:
+            self.follower.start()
 
     async def close(self) -> None:
-        """Stop batching, save a final checkpoint when configured, and release the thread."""
-        self.ready = False
+        """Stop following, batching and publishing (a last publication on a trainer), save a
+        final checkpoint when configured, and release the thread."""
+        if self.follower is not None:
+            await self.follower.stop()
+        self._started = False
         await self._batcher.stop()
-        if self.settings.autosave_on_shutdown and self.version != self._saved_version:
+        if (
+            not self.is_predictor
+            and self.settings.autosave_on_shutdown
+            and self.version != self._saved_version
+        ):
             try:
                 info = await self._run(self._save_checkpoint)
                 logger.info("saved checkpoint %s on shutdown", info.id)
             except Exception:
                 logger.exception("could not save a checkpoint on shutdown")
+        if self.publisher is not None:
+            await self.publisher.stop()
         self._executor.shutdown(wait=True)
-        self.checkpoints.versions.settle(self.version)  # nothing can answer a newer one now
+        if not self.is_predictor:
+            self.checkpoints.versions.settle(self.version)  # nothing can answer a newer one now
+        self._loop = None
         # A fresh executor (it starts no thread until used), so the same app can run its
         # lifespan again: test clients and fuzzers start and stop one app many times.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lenet-torch")
@@ -128,8 +211,23 @@ class Engine:
         if self.settings.seed is not None:
             self._copy_weights(build_net(self.settings.seed).state_dict())
         self.model.to(self.device)
+        self._pinned.to(self.device)
+        self._pinned_version = None
+        self.resident = ResidentVersions(self.settings.keep_versions)  # this life's versions
+        if self.is_predictor:  # no checkpoints, no version numbers of its own: the store's
+            self.version = self.step = -1
+            self._model_info = inspection.describe_model(self.model, self.device)
+            self._predict_now(torch.zeros(1, *INPUT_SHAPE))  # warm-up (nothing is answered)
+            return
         infos = self.checkpoints.list()
-        self.checkpoints.versions.open(max((info.version for info in infos), default=None))
+        # Every version in the store was answered: a trainer on the same store continues past
+        # them all, even with a fresh checkpoint folder (the store counts as a checkpoint then).
+        known = [info.version for info in infos]
+        stored = None if self.store is None else self.store.newest_version()
+        self.store_latest = stored
+        self.checkpoints.versions.open(
+            max([*known, *([] if stored is None else [stored])], default=None)
+        )
         for info in infos:
             try:
                 with self._all_or_nothing():
@@ -144,14 +242,101 @@ class Engine:
         self.weights_finite = self._answers_are_finite()
         self._model_info = inspection.describe_model(self.model, self.device)
         self._predict_now(torch.zeros(1, *INPUT_SHAPE))  # warm-up: proves the model answers
+        newest = self.resident.newest()
+        if newest is None or newest.version != self.version:
+            self._remember()
+
+    # ----------------------------------------------------------------- versions
+
+    @property
+    def current_version(self) -> int:
+        """The newest committed version (-1 on a predictor that holds none yet)."""
+        newest = self.resident.newest()
+        return -1 if newest is None else newest.version
+
+    def changes(self) -> asyncio.Event:
+        """An event set at the next new version (on the event loop; call it there)."""
+        return self._changed
+
+    def _announce(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _remember(self) -> None:
+        """Keep the committed weights as a resident version and announce it (torch thread)."""
+        tensors = {name: p.detach().clone() for name, p in self._parameters.items()}
+        self.resident.add(self.version, self.step, tensors)
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._announce)
+            except RuntimeError:  # the loop has closed: nobody is waiting
+                pass
+
+    async def _reach(self, min_version: int) -> None:
+        """Wait (without blocking anything) until the current version is `min_version` or
+        newer; Conflict (409) past LENET_MIN_VERSION_WAIT_MS."""
+        loop = asyncio.get_running_loop()
+        wait_ms = self.settings.min_version_wait_ms
+        deadline = loop.time() + wait_ms / 1000
+        while self.current_version < min_version:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise Conflict(
+                    f"version {min_version} was not reached within LENET_MIN_VERSION_WAIT_MS "
+                    f"({wait_ms:g} ms); the current version is {self.current_version}"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def versions_public(self) -> dict[str, Any]:
+        """GET /versions: the current version and the resident ones, newest first (with the lag
+        behind the store on a predictor)."""
+        if not self.ready:
+            raise NotReady("the model is not serving: it is starting, or holds no version yet")
+        entries = self.resident.newest_first()
+        answer: dict[str, Any] = {
+            "current": entries[0].version,
+            "versions": [entry.public() for entry in entries],
+        }
+        if self.follower is not None:
+            answer["lag_ms"] = self.follower.lag_ms
+        return answer
+
+    @property
+    def lag_ms(self) -> float:
+        """A predictor's lag behind the store (see `Follower.lag_ms`); 0 elsewhere."""
+        return 0.0 if self.follower is None else self.follower.lag_ms
+
+    def _pinned_net(self, version: int) -> tuple[Net, ResidentVersion]:
+        """The second network, holding resident version `version` (NotFound otherwise)."""
+        entry = self.resident.get(version)
+        if self._pinned_version != entry.version:
+            with torch.no_grad():
+                for name, parameter in self._pinned.named_parameters():
+                    parameter.copy_(entry.tensors[name])
+            self._pinned_version = entry.version
+        return self._pinned, entry
 
     # ----------------------------------------------------------------- predictions
 
-    async def predict(self, images: torch.Tensor) -> Prediction:
-        """Logits for `images` (N, 1, H, W); batched with concurrent requests."""
+    async def predict(
+        self, images: torch.Tensor, version: int | None = None, min_version: int | None = None
+    ) -> Prediction:
+        """Logits for `images` (N, 1, H, W): batched with concurrent requests; from exactly
+        resident `version` when given; from the current version once it is at least
+        `min_version` when given."""
+        check_version_choice(version, min_version)
         if not self.ready:
             raise NotReady("the model is not serving: it is starting or shutting down")
-        prediction = await self._batcher.submit(await self._network_sized(images))
+        images = await self._network_sized(images)
+        if version is not None:
+            self.resident.get(version)  # 404 at once, without queueing for the torch thread
+            prediction = await self._predict_pinned(images, version)
+        else:
+            if min_version is not None:
+                await self._reach(min_version)
+            prediction = await self._batcher.submit(images)
         # Finite pixels can still overflow float32 inside the network; NaN scores would go out
         # as JSON nulls, so this request (and only this one in its batch) is refused instead.
         if not np.isfinite(prediction.logits).all():
@@ -170,6 +355,46 @@ class Engine:
 
     def _predict_split(self, batches: list[torch.Tensor]) -> list[Prediction]:
         whole = self._predict_now(batches[0] if len(batches) == 1 else torch.cat(batches))
+        ends = np.cumsum([batch.shape[0] for batch in batches]).tolist()
+        return [
+            whole.rows(end - batch.shape[0], end) for batch, end in zip(batches, ends, strict=True)
+        ]
+
+    async def _predict_pinned(self, images: torch.Tensor, version: int) -> Prediction:
+        """`images` through exactly resident `version`, in one forward pass with the other
+        requests for that version that arrive before the torch thread takes them."""
+        count = int(images.shape[0])
+        with self._pinned_lock:
+            group = self._pinned_groups.get(version)
+            leads = (
+                group is None
+                or group.started
+                or group.images + count > self.settings.batch_max_images
+            )
+            if leads:
+                group = self._pinned_groups[version] = _PinnedGroup(version)
+            assert group is not None
+            index = len(group.batches)
+            group.batches.append(images)
+            group.images += count
+        if leads:  # no await since the lock: nobody sees the group without its result
+            group.result = asyncio.ensure_future(self._run(self._predict_group, group))
+            # Read the outcome even if every waiter went away (no "never retrieved" warning).
+            group.result.add_done_callback(lambda done: done.cancelled() or done.exception())
+        assert group.result is not None
+        # Shielded: a client that goes away must not cancel the pass the others wait for.
+        return (await asyncio.shield(group.result))[index]
+
+    @on_device_failure
+    def _predict_group(self, group: _PinnedGroup) -> list[Prediction]:
+        with self._pinned_lock:
+            group.started = True
+            if self._pinned_groups.get(group.version) is group:
+                del self._pinned_groups[group.version]
+            batches = list(group.batches)
+        net, entry = self._pinned_net(group.version)
+        images = batches[0] if len(batches) == 1 else torch.cat(batches)
+        whole = predict_batch(net, images, self.device, entry.version, entry.step)
         ends = np.cumsum([batch.shape[0] for batch in batches]).tolist()
         return [
             whole.rows(end - batch.shape[0], end) for batch, end in zip(batches, ends, strict=True)
@@ -194,6 +419,8 @@ class Engine:
         snapshot = TrainingSnapshot.capture(self._parameters, self.optimizer, self._counters())
         try:
             yield
+            if self.version != snapshot.counters.version:
+                self._remember()  # committed: a new version to keep and announce
         except BaseException:
             snapshot.restore(self._parameters)
             self.optimizer = snapshot.optimizer
@@ -408,21 +635,37 @@ class Engine:
         )
 
     async def explain(
-        self, image: torch.Tensor, target: int | None, version: int | None
+        self,
+        image: torch.Tensor,
+        target: int | None,
+        version: int | None,
+        min_version: int | None = None,
     ) -> ExplainResponse:
-        """Every layer's output and the saliency map for one image; changes nothing."""
-        if version is not None and version != self.version:
-            raise NotFound(
-                f"version {version} is not resident; only the current version {self.version} is"
-            )
+        """Every layer's output and the saliency map for one image, from the current version,
+        resident `version`, or the current one once it is at least `min_version`; changes
+        nothing."""
+        check_version_choice(version, min_version)
+        if not self.ready:
+            raise NotReady("the model is not serving: it is starting or shutting down")
+        if version is not None:
+            self.resident.get(version)
         image = await self._network_sized(image)
-        return await self._run(self._explain, image, target)
+        if min_version is not None:
+            await self._reach(min_version)
+        return await self._run(self._explain, image, target, version)
 
     @on_device_failure
-    def _explain(self, image: torch.Tensor, target: int | None) -> ExplainResponse:
-        explained = inspection.explain(self.model, image.to(self.device), target)
+    def _explain(
+        self, image: torch.Tensor, target: int | None, version: int | None
+    ) -> ExplainResponse:
+        if version is None:
+            net, numbers = self.model, (self.version, self.step)
+        else:
+            net, entry = self._pinned_net(version)
+            numbers = (entry.version, entry.step)
+        explained = inspection.explain(net, image.to(self.device), target)
         return ExplainResponse.model_validate(
-            {**explained, "version": self.version, "step": self.step}
+            {**explained, "version": numbers[0], "step": numbers[1]}
         )
 
     # ----------------------------------------------------------------- optimizer
@@ -505,6 +748,43 @@ class Engine:
         tensors = {name: p.detach().cpu().contiguous() for name, p in self._parameters.items()}
         return save_weights(tensors, {"version": str(self.version), "step": str(self.step)})
 
+    # ----------------------------------------------------------------- the version store
+
+    async def publication(self) -> tuple[ResidentVersion, dict[str, torch.Tensor]]:
+        """The newest version and its weights on the CPU, for the publisher (the copy is taken
+        on the torch thread; the resident tensors themselves are never written to)."""
+        return await self._run(self._publication)
+
+    def _publication(self) -> tuple[ResidentVersion, dict[str, torch.Tensor]]:
+        entry = self.resident.newest()
+        if entry is None:
+            raise NotReady("no version to publish yet")
+        return entry, {name: t.cpu().contiguous() for name, t in entry.tensors.items()}
+
+    async def adopt_published(self, data: bytes, record: StoredVersion) -> None:
+        """A predictor's switch to a published version (a checked safetensors file): decoded,
+        validated and adopted on the torch thread, between two batches. InvalidInput when the
+        weights are not sound; an older version than the one held is ignored."""
+        await self._run(self._adopt_published, data, record)
+
+    def _adopt_published(self, data: bytes, record: StoredVersion) -> None:
+        assert self.is_predictor, "only a predictor takes its versions from the store"
+        if record.version <= self.current_version:
+            return  # never back
+        try:
+            tensors = load_safetensors(data)
+        except (SafetensorError, ValueError, TypeError) as error:
+            raise InvalidInput(f"not a valid safetensors file ({error})") from error
+        validate_weights(tensors)
+        with self._all_or_nothing():
+            self._copy_weights(tensors)
+            for parameter in self._parameters.values():
+                parameter.grad = None
+            self.version, self.step = record.version, record.step
+            if not self._answers_are_finite():
+                raise InvalidInput("the weights' answer to a blank image is not finite")
+            self.weights_finite = True
+
     # ----------------------------------------------------------------- checkpoints
 
     async def save_checkpoint(self) -> CheckpointInfo:
@@ -520,6 +800,10 @@ class Engine:
             optimizer_config=self.optimizer_public(),
         )
         self._saved_version = self.version
+        publisher, loop = self.publisher, self._loop
+        if publisher is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody publishes
+                loop.call_soon_threadsafe(publisher.request)  # at every checkpoint, at once
         return info
 
     async def list_checkpoints(self) -> list[CheckpointInfo]:

@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, TypeAdapter
 
 from app.engine import Engine
-from app.errors import Forbidden, Unauthorized
+from app.errors import Conflict, Forbidden, Unauthorized
 from app.json_body import BodyDecoder
 from app.schemas import ErrorDetail
 from app.settings import Settings, normalize_origin
@@ -70,13 +70,26 @@ bearer_scheme = HTTPBearer(
 )
 
 
+async def require_trainer(request: Request) -> None:
+    """Refuse (409) a change on a predictor: it follows the trainer's versions, and only the
+    trainer changes anything. A sub-dependency of `require_token`, so every route that needs the
+    token (the routes that change anything) is refused on a predictor, and only those."""
+    settings: Settings = request.app.state.settings
+    if settings.role == "predictor":
+        raise Conflict(
+            "this server is a predictor (LENET_ROLE=predictor): it serves the versions the "
+            "trainer publishes and changes nothing; send training and other changes to the trainer"
+        )
+
+
 async def require_token(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    _role: None = Depends(require_trainer),
 ) -> None:
-    """Guard every route that changes anything: a cross-site request (its Origin is another
-    site's) is 403, with or without a token; then, when LENET_API_TOKEN is set, a request
-    without `Bearer <token>` is 401."""
+    """Guard every route that changes anything: on a predictor, 409 (`require_trainer`); a
+    cross-site request (its Origin is another site's) is 403, with or without a token; then,
+    when LENET_API_TOKEN is set, a request without `Bearer <token>` is 401."""
     settings: Settings = request.app.state.settings
     # A browser sends Origin with every cross-site POST, preflight or not (an empty or
     # text/plain body needs none); clients that are not browsers send none and pass.

@@ -163,11 +163,11 @@ def server_metadata(name: str, version: str) -> dict[str, Any]:
     return {"name": name, "version": version, "extensions": list(EXTENSIONS)}
 
 
-def model_metadata(weights_version: int) -> dict[str, Any]:
-    """The body of GET /v2/models/lenet; the one version is the current weights' version."""
+def model_metadata(versions: list[int]) -> dict[str, Any]:
+    """The body of GET /v2/models/lenet: `versions` are the resident ones, newest first."""
     return {
         "name": MODEL_NAME,
-        "versions": [str(weights_version)],
+        "versions": [str(version) for version in versions],
         "platform": PLATFORM,
         "inputs": [{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, *INPUT_SHAPE]}],
         "outputs": [{"name": OUTPUT_NAME, "datatype": DATATYPE, "shape": [-1, NUM_CLASSES]}],

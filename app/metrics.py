@@ -72,6 +72,19 @@ class EngineCollector(Collector):
         if engine.last_loss is not None:  # no sample until a step was taken
             loss.add_metric([], engine.last_loss)
         yield loss
+        # In a cluster: a predictor's lag behind the store, and the newest version there (seen
+        # by a predictor, published by a trainer); lenet_model_version is the served one.
+        yield GaugeMetricFamily(
+            "lenet_follow_lag_seconds",
+            "How long ago a version newer than the served one was published (0 when current).",
+            value=engine.lag_ms / 1000,
+        )
+        store = GaugeMetricFamily(
+            "lenet_store_version", "Newest version seen in (or published to) the version store."
+        )
+        if engine.store_latest is not None:
+            store.add_metric([], engine.store_latest)
+        yield store
         yield GaugeMetricFamily(
             "lenet_model_ready",
             "1 when the model answers and its weights are finite.",

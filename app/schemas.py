@@ -30,14 +30,29 @@ class Base64Tensor(_Strict):
     data: str
 
 
-class PredictRequest(_Strict):
+class ImageBatch(_Strict):
     """Exactly one of `inputs` and `tensor`."""
 
     inputs: NestedImages | None = None
     tensor: Base64Tensor | None = None
 
 
-class TrainStepRequest(PredictRequest):
+VersionNumber = Annotated[int, Field(ge=0)]
+EXACT_VERSION = "answer from exactly this resident version (GET /versions); 404 if not resident"
+MIN_VERSION = (
+    "answer from the current version once it is at least this one (read-your-writes), waiting "
+    "up to LENET_MIN_VERSION_WAIT_MS; 409 past that; not together with `version`"
+)
+
+
+class PredictRequest(ImageBatch):
+    """Exactly one of `inputs` and `tensor`; at most one of `version` and `min_version`."""
+
+    version: Annotated[VersionNumber | None, Field(description=EXACT_VERSION)] = None
+    min_version: Annotated[VersionNumber | None, Field(description=MIN_VERSION)] = None
+
+
+class TrainStepRequest(ImageBatch):
     """A batch, its targets, the loss and an optional one-step learning rate."""
 
     targets: list[int] | list[Number] | list[list[Number]]
@@ -54,7 +69,7 @@ class LossRequest(TrainStepRequest):
     zero_grad: bool = True
 
 
-class BackwardRequest(PredictRequest):
+class BackwardRequest(ImageBatch):
     """The tutorial's `out.backward(grad_outputs)`: N x 10 numbers (10 when N is 1)."""
 
     grad_outputs: list[Number] | list[list[Number]]
@@ -71,7 +86,6 @@ class ExplainRequest(PredictRequest):
     """One image; the class whose saliency to show (default: the predicted one)."""
 
     target: Annotated[int, Field(ge=0, le=9)] | None = None
-    version: int | None = None
 
 
 class ResetRequest(_Strict):
@@ -239,6 +253,23 @@ class OptimizerCatalogue(BaseModel):
 
     optimizers: list[OptimizerEntry]
     presets: dict[str, dict[str, Any]]
+
+
+class ResidentVersionInfo(BaseModel):
+    """One version held in memory."""
+
+    version: int
+    step: int
+    created: str
+
+
+class VersionsResponse(BaseModel):
+    """GET /versions: the current version and every resident one, newest first; on a
+    predictor, `lag_ms`: how long ago a newer version than the served one was published."""
+
+    current: int
+    versions: list[ResidentVersionInfo]
+    lag_ms: float | None = None
 
 
 class VersionResponse(BaseModel):

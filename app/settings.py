@@ -5,7 +5,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -15,6 +15,9 @@ MiB = 1024 * 1024
 # A DNS name (letters, digits, hyphens, dots) or an IPv4 address; IPv6 goes in brackets.
 _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# What one process does (see API.md, "Running on more than one machine").
+Role = Literal["all", "trainer", "predictor"]
 
 
 def normalize_host_name(text: str) -> str:
@@ -106,6 +109,18 @@ class Settings(BaseSettings):
     # for the ~330,000 objects of torch, FastAPI and the model (see the README's benchmark).
     gc_freeze: bool = True
 
+    # Versions you can name: how many stay in memory (weights only, 241 KiB each), and how long
+    # a `min_version` request may wait for the current version to reach it.
+    keep_versions: Annotated[int, Field(ge=1, le=4096)] = 16
+    min_version_wait_ms: Annotated[float, Field(ge=0, le=60_000)] = 2000.0
+
+    # More than one machine: the role, the version store both roles share (file:///path), how
+    # often a trainer publishes while it changes and how often a predictor looks for a newer one.
+    role: Role = "all"
+    store_url: str | None = None
+    publish_interval_ms: Annotated[float, Field(ge=0, le=60_000)] = 100.0
+    poll_interval_ms: Annotated[float, Field(gt=0, le=60_000)] = 100.0
+
     # uvicorn's own protections.
     limit_concurrency: Annotated[int | None, Field(ge=1)] = None
     timeout_keep_alive: Annotated[int, Field(ge=1)] = 5
@@ -165,6 +180,34 @@ class Settings(BaseSettings):
         if self.lr > self.max_lr:
             raise ValueError(f"LENET_LR ({self.lr}) must be at most LENET_MAX_LR ({self.max_lr})")
         return self
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_is_a_folder(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path:
+            raise ValueError(
+                f"store_url {value!r} is not supported: use file:///absolute/path (a folder, "
+                "on a shared volume for more than one machine)"
+            )
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _roles_have_a_store(self) -> "Settings":
+        if self.role != "all" and self.store_url is None:
+            raise ValueError(
+                f"role {self.role!r} needs store_url (file:///path), shared by both roles"
+            )
+        return self
+
+    @property
+    def store_path(self) -> Path | None:
+        """The version store's folder (from `store_url`), or None without a store."""
+        if self.store_url is None:
+            return None
+        return Path(unquote(urlsplit(self.store_url).path))
 
     @property
     def host_is_loopback(self) -> bool:

@@ -21,6 +21,7 @@ from app.routes import (
     predict,
     training,
     v2,
+    versions,
 )
 
 ROUTERS = (
@@ -30,6 +31,7 @@ ROUTERS = (
     params.router,  # /params, /model, /params/export, /params/import
     checkpoints.router,  # /checkpoints
     images.router,  # /predict/image
+    versions.router,  # /versions: the resident versions requests can name
     health.router,  # /healthz, /readyz
     metrics.router,  # /metrics
     v2.router,  # /v2/... (KServe v2 / Open Inference Protocol)

@@ -6,14 +6,9 @@ Read-only: no token, and nothing changes (weights, gradients, optimizer state, v
 from fastapi import APIRouter, Request
 
 from app.http import EngineDep, FastJSONResponse, LimitsDep, json_body_doc, read_json_body
+from app.routes.predict import requested_versions
 from app.schemas import ExplainRequest, ExplainResponse
-from app.tensors import (
-    images_from_body,
-    optional_class,
-    optional_int,
-    reject_unknown_fields,
-    single_image,
-)
+from app.tensors import images_from_body, optional_class, reject_unknown_fields, single_image
 
 router = APIRouter(tags=["predict"])
 
@@ -32,6 +27,6 @@ async def explain(request: Request, engine: EngineDep, limits: LimitsDep) -> Fas
     reject_unknown_fields(body, EXPLAIN_FIELDS, "the body")
     image = single_image(images_from_body(body, limits), "the image")
     target = optional_class(body.get("target"), "target")
-    version = optional_int(body.get("version"), "version")
-    result = await engine.explain(image, target, version)
+    version, min_version = requested_versions(body)
+    result = await engine.explain(image, target, version, min_version)
     return FastJSONResponse(result.model_dump())

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.errors import BadRequest, InvalidInput, UnsupportedMediaType
 from app.http import EngineDep, FastJSONResponse, LimitsDep, SettingsDep, error_responses
 from app.image_codec import FIELD, images_from_files
-from app.schemas import PredictResponse
+from app.schemas import EXACT_VERSION, MIN_VERSION, PredictResponse
 
 router = APIRouter(tags=["predict"])
 
@@ -84,9 +84,11 @@ async def read_uploads(request: Request, max_files: int) -> list[tuple[str | Non
         **error_responses(
             {
                 400: "malformed multipart body",
+                404: "`version` is not resident",
+                409: "`min_version` not reached within LENET_MIN_VERSION_WAIT_MS",
                 413: "body over LENET_MAX_BODY_BYTES",
                 415: "not multipart/form-data",
-                422: "not an image, or over a limit",
+                422: "not an image, over a limit, or both `version` and `min_version`",
             }
         ),
     },
@@ -100,11 +102,13 @@ async def predict_image(
     invert: Annotated[
         bool, Query(description="take 1 - x: for dark digits on a light background")
     ] = False,
+    version: Annotated[int | None, Query(ge=0, description=EXACT_VERSION)] = None,
+    min_version: Annotated[int | None, Query(ge=0, description=MIN_VERSION)] = None,
 ) -> FastJSONResponse:
     """Logits, argmax and softmax of uploaded PNG or JPEG images (grayscale, 32x32, [0, 1])."""
     with engine.arriving_prediction():
         files = await read_uploads(request, settings.max_upload_files)
         limits.check_batch(len(files), FIELD)
         images = await run_in_threadpool(images_from_files, files, limits.max_image_side, invert)
-    prediction = await engine.predict(images)
+    prediction = await engine.predict(images, version, min_version)
     return FastJSONResponse(prediction.as_json())

@@ -8,6 +8,8 @@ error path) and `scope["route"]` for the metrics. FastAPI documents only its own
 `openapi_route` describes the same endpoint for the schema; it is never served.
 """
 
+from typing import Any
+
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
@@ -16,12 +18,28 @@ from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from app.engine import Engine
+from app.errors import InvalidInput
 from app.http import error_responses, json_body_doc, read_json_body
 from app.schemas import PredictRequest, PredictResponse
-from app.tensors import Limits, images_from_body, reject_unknown_fields
+from app.tensors import Limits, images_from_body, optional_int, reject_unknown_fields
 
 PREDICT_PATH = "/predict"
 PREDICT_FIELDS = frozenset(PredictRequest.model_fields)
+
+
+def version_number(value: Any, field: str) -> int | None:
+    """`version` or `min_version` of a body: a JSON integer >= 0, or absent."""
+    number = optional_int(value, field)
+    if number is not None and number < 0:
+        raise InvalidInput(f"{field} must be >= 0, got {number}")
+    return number
+
+
+def requested_versions(body: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The body's `version` and `min_version` (the engine refuses both together)."""
+    return version_number(body.get("version"), "version"), version_number(
+        body.get("min_version"), "min_version"
+    )
 
 
 async def predict(request: Request) -> Response:
@@ -32,7 +50,8 @@ async def predict(request: Request) -> Response:
         body = await read_json_body(request)
         reject_unknown_fields(body, PREDICT_FIELDS, "the body")
         images = images_from_body(body, limits)
-    prediction = await engine.predict(images)
+        version, min_version = requested_versions(body)
+    prediction = await engine.predict(images, version, min_version)
     return Response(
         orjson.dumps(prediction.as_json(), option=orjson.OPT_SERIALIZE_NUMPY),
         media_type="application/json",
@@ -63,9 +82,11 @@ openapi_route = APIRoute(
     responses=error_responses(
         {
             400: "Malformed JSON",
+            404: "`version` is not resident",
+            409: "`min_version` not reached within LENET_MIN_VERSION_WAIT_MS",
             413: "Body over LENET_MAX_BODY_BYTES",
             415: "Not application/json",
-            422: "Invalid images",
+            422: "Invalid images, or both `version` and `min_version`",
             503: "Not ready, or a device failure",
         }
     ),

@@ -3,7 +3,8 @@
 Health, server and model metadata, and inference with JSON `data` or the binary tensor
 extension, so that standard v2 clients (tritonclient, KServe's) work unchanged. Every error here
 is `{"error": "..."}` (see `app.main`): bad input 400, an unknown model or version 404. A model
-version is the weights' version: only the current one can be asked for by number.
+version is the weights' version: any resident one (GET /versions) can be asked for by number,
+and `GET /v2/models/lenet` lists them, newest first.
 """
 
 from typing import Any
@@ -29,15 +30,26 @@ MODEL = "/models/{model_name}"
 VERSIONED = "/models/{model_name}/versions/{model_version}"
 
 
-def _check_model(model_name: str, model_version: str | None, current_version: int) -> None:
-    """Refuse (404) a model other than `lenet`, or a version other than the current weights'."""
+def _check_model(engine: Engine, model_name: str, model_version: str | None) -> int | None:
+    """Refuse (404) a model other than `lenet`, or a version that is not resident; answers the
+    version as a number (None when not named)."""
     if model_name != kserve.MODEL_NAME:
         raise NotFound(f"unknown model {model_name!r}; this server serves {kserve.MODEL_NAME!r}")
-    if model_version is not None and model_version != str(current_version):
-        raise NotFound(
-            f"version {model_version!r} of model {kserve.MODEL_NAME!r} is not available; the "
-            f"current version is {current_version} (each change to the weights makes a new one)"
-        )
+    if model_version is None:
+        return None
+    resident = engine.resident
+    if model_version.isascii() and model_version.isdigit():
+        version = int(model_version)
+        if any(entry.version == version for entry in resident.newest_first()):
+            return version
+    raise NotFound(
+        f"version {model_version[:40]!r} of model {kserve.MODEL_NAME!r} is not available (not "
+        f"resident); {resident.range_text()}"
+    )
+
+
+def _metadata(engine: Engine) -> dict[str, Any]:
+    return kserve.model_metadata([entry.version for entry in engine.resident.newest_first()])
 
 
 @router.get("/health/live", response_model=kserve.LiveResponse)
@@ -65,22 +77,23 @@ async def server_metadata(request: Request) -> dict[str, Any]:
 
 @router.get(MODEL, response_model=kserve.ModelMetadataResponse, responses={**_ERRORS})
 async def model_metadata(engine: EngineDep, model_name: str) -> dict[str, Any]:
-    """The model's input `input` FP32 [-1, 1, 32, 32] and output `logits` FP32 [-1, 10]."""
-    _check_model(model_name, None, engine.version)
-    return kserve.model_metadata(engine.version)
+    """The resident versions (newest first), input `input` FP32 [-1, 1, 32, 32] and output
+    `logits` FP32 [-1, 10]."""
+    _check_model(engine, model_name, None)
+    return _metadata(engine)
 
 
 @router.get(VERSIONED, response_model=kserve.ModelMetadataResponse, responses={**_ERRORS})
 async def model_version_metadata(
     engine: EngineDep, model_name: str, model_version: str
 ) -> dict[str, Any]:
-    """The model's metadata, if `model_version` is the current weights' version."""
-    _check_model(model_name, model_version, engine.version)
-    return kserve.model_metadata(engine.version)
+    """The model's metadata, if `model_version` is resident (else 404)."""
+    _check_model(engine, model_name, model_version)
+    return _metadata(engine)
 
 
 def _model_ready(engine: Engine, model_name: str, model_version: str | None) -> FastJSONResponse:
-    _check_model(model_name, model_version, engine.version)
+    _check_model(engine, model_name, model_version)
     ready = engine.ready and engine.weights_finite
     return FastJSONResponse(
         {"name": kserve.MODEL_NAME, "ready": ready}, status_code=200 if ready else 503
@@ -105,7 +118,7 @@ async def model_ready(engine: EngineDep, model_name: str) -> FastJSONResponse:
 async def model_version_ready(
     engine: EngineDep, model_name: str, model_version: str
 ) -> FastJSONResponse:
-    """The model is ready, if `model_version` is the current weights' version."""
+    """The model is ready, if `model_version` is resident (else 404)."""
     return _model_ready(engine, model_name, model_version)
 
 
@@ -133,7 +146,7 @@ async def _infer(
     model_name: str,
     model_version: str | None,
 ) -> Response:
-    _check_model(model_name, model_version, engine.version)
+    version = _check_model(engine, model_name, model_version)
     decoder: BodyDecoder = request.app.state.body_decoder
     with engine.arriving_prediction():
         parsed, binary = await decoder.decode_infer(
@@ -143,9 +156,7 @@ async def _infer(
         )
         decoded = kserve.infer_request_from(parsed, binary, limits)
     with kserve.bad_input_is_400():  # finite pixels whose logits overflow: bad input
-        prediction = await engine.predict(decoded.images)
-    # The weights may have changed while the request waited: a pinned version must still match.
-    _check_model(model_name, model_version, prediction.version)
+        prediction = await engine.predict(decoded.images, version=version)
     answer = kserve.encode_infer_response(
         decoded, prediction.logits, prediction.version, prediction.step
     )
@@ -171,5 +182,5 @@ async def infer_version(
     model_name: str,
     model_version: str,
 ) -> Response:
-    """Inference, if `model_version` is the current weights' version (else 404)."""
+    """Inference from exactly resident version `model_version` (else 404)."""
     return await _infer(request, engine, limits, model_name, model_version)
