@@ -8,9 +8,7 @@ answered and a new predictor becomes ready; a restarted trainer continues past e
 HAProxy is started by `start_haproxy` below (tests/cluster.py, the shared helper, is not on main
 yet); the tests skip where no `haproxy` binary is installed."""
 
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,83 +22,12 @@ import pytest
 import torch
 
 from app.store import VersionStore
+from tests.cluster import Balancer, start_balancer
 from tests.conftest import image_batch
-from tests.server import LiveServer, free_port, start_test_server
+from tests.server import LiveServer, start_test_server
 from tests.test_versions_resident import TRAIN, exported, local_logits
 
-HAPROXY = shutil.which("haproxy")
-pytestmark = [
-    pytest.mark.server,
-    pytest.mark.slow,
-    pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed"),
-]
-
-PREDICTOR_PATHS = r"^/(predict|predict/image|explain|v2/models/lenet(/versions/[^/]+)?/infer)$"
-
-
-@dataclass
-class HAProxy:
-    process: subprocess.Popen[bytes]
-    url: str
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def start_haproxy(root: Path, trainer: LiveServer, predictors: list[LiveServer]) -> HAProxy:
-    """HAProxy on a free port: POSTs to the prediction routes go round-robin to the ready
-    predictors, everything else to the trainer."""
-    port = free_port()
-
-    def address(server: LiveServer) -> str:
-        return server.url.removeprefix("http://")
-
-    lines = [
-        "global",
-        "  maxconn 512",
-        "defaults",
-        "  mode http",
-        "  timeout connect 2s",
-        "  timeout client 30s",
-        "  timeout server 30s",
-        "frontend lenet",
-        f"  bind 127.0.0.1:{port}",
-        f"  acl predicting path_reg {PREDICTOR_PATHS}",
-        "  use_backend predictors if METH_POST predicting",
-        "  default_backend trainer",
-        "backend predictors",
-        "  balance roundrobin",
-        "  option httpchk",
-        "  http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host 127.0.0.1",
-        *(
-            f"  server p{i} {address(server)} check inter 200ms fall 2 rise 1"
-            for i, server in enumerate(predictors)
-        ),
-        "backend trainer",
-        f"  server trainer {address(trainer)}",
-    ]
-    config = root / "haproxy.cfg"
-    config.write_text("\n".join(lines) + "\n")
-    assert HAPROXY is not None
-    with open(root / "haproxy.log", "wb") as log:
-        process = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    probe = {"inputs": image_batch(1).tolist()}
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:  # up once its health checks have found the predictors
-        try:
-            if httpx.post(f"{url}/predict", json=probe, timeout=2).status_code == 200:
-                return HAProxy(process, url)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"haproxy did not start:\n{(root / 'haproxy.log').read_text()}")
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 @dataclass
@@ -109,7 +36,7 @@ class Cluster:
     store_url: str
     trainer: LiveServer
     predictors: list[LiveServer]
-    proxy: HAProxy
+    proxy: Balancer
     kept: dict[int, dict[str, torch.Tensor]]  # every version the trainer made, its weights
 
 
@@ -129,7 +56,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     predictors: list[LiveServer] = []
     try:
         predictors = [start_predictor(root, store_url, f"predictor{i}") for i in range(2)]
-        proxy = start_haproxy(root, trainer, predictors)
+        # The repository's own HAProxy configuration, its discovery lines pointed at these.
+        proxy = start_balancer(trainer.url, [p.url for p in predictors], root / "haproxy")
         with trainer.client() as http:
             version, weights = exported(http)
         try:
@@ -234,6 +162,51 @@ def test_every_answer_under_training_is_a_trainer_version_and_read_your_writes_h
         assert f"lenet_model_version {float(newest)}" in metrics
 
 
+def test_killing_a_predictor_mid_load_loses_no_request(cluster: Cluster) -> None:
+    doomed = start_predictor(cluster.root, cluster.store_url, "doomed")
+    balancer = start_balancer(
+        cluster.trainer.url, [cluster.predictors[0].url, doomed.url], cluster.root / "lb-kill"
+    )
+    statuses: list[int] = []
+    failures: list[str] = []
+    answered = threading.Semaphore(0)
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        with httpx.Client(base_url=balancer.url, timeout=30) as http:
+            for n in range(25):  # 8 clients x 25: 200 predictions, bounded
+                images = image_batch(1, seed=10_000 + 100 * index + n)
+                try:
+                    response = http.post("/predict", json={"inputs": images.tolist()})
+                except httpx.HTTPError as error:
+                    with lock:
+                        failures.append(repr(error))
+                    answered.release()
+                    continue
+                with lock:
+                    statuses.append(response.status_code)
+                if response.status_code == 200:
+                    _check(cluster.kept, images, response.json())
+                answered.release()
+
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for _ in range(60):
+            assert answered.acquire(timeout=60)
+        doomed.stop(signal.SIGKILL)  # mid-load: requests are in flight to it
+        for thread in threads:
+            thread.join(120)
+        log = balancer.log()
+    finally:
+        balancer.stop()
+        doomed.stop(signal.SIGKILL)
+    assert not failures, f"{failures}\n{log[-3000:]}"
+    assert len(statuses) == 200
+    assert statuses.count(200) == 200, f"lost: {[s for s in statuses if s != 200]}"
+
+
 def test_predictors_outlive_the_trainer_and_a_restarted_one_continues(cluster: Cluster) -> None:
     kept = cluster.kept
     served = max(kept)
@@ -245,6 +218,7 @@ def test_predictors_outlive_the_trainer_and_a_restarted_one_continues(cluster: C
             assert response.status_code == 200, response.text
             assert response.json()["version"] == served
             _check(kept, images, response.json())
+        cluster.proxy.wait_up(trainers=0)  # HAProxy's checks have seen the trainer go
         assert proxy.post("/train-step", json=TRAIN).status_code == 503  # no trainer: HAProxy
 
     # A predictor started now loads the newest version in the store and becomes ready.
