@@ -6,18 +6,8 @@ import { describeOptimizer } from "./api.js";
 import { onLanguageChange, setText } from "./i18n.js";
 
 const $ = (id) => document.getElementById(id);
-const PARAMETERS = [
-  "conv1.weight",
-  "conv1.bias",
-  "conv2.weight",
-  "conv2.bias",
-  "fc1.weight",
-  "fc1.bias",
-  "fc2.weight",
-  "fc2.bias",
-  "fc3.weight",
-  "fc3.bias",
-];
+// Shown until GET /params names every parameter (the server is the one source of the names).
+const DEFAULT_PARAMETER = "conv1.bias";
 const ROWS_SHOWN = 10;
 // float32 arithmetic: the rule holds to this, relative to the size of the numbers.
 const TOLERANCE = 1e-6;
@@ -31,15 +21,23 @@ function isPlainSgd(config) {
 export function createStepView({ api, pad, noteVersion, showError, applyOptimizerChoice, isTraining }, onStep) {
   const param = $("step-param");
   const label = $("step-label");
-  param.replaceChildren(
-    ...PARAMETERS.map((name) => {
-      const option = document.createElement("option");
-      option.value = name;
-      option.textContent = name;
-      return option;
-    }),
-  );
-  param.value = "conv1.bias";
+  const showParameters = (names) => {
+    const chosen = param.value || DEFAULT_PARAMETER;
+    param.replaceChildren(
+      ...names.map((name) => {
+        const option = document.createElement("option");
+        option.value = name;
+        option.textContent = name;
+        return option;
+      }),
+    );
+    param.value = names.includes(chosen) ? chosen : DEFAULT_PARAMETER;
+  };
+  showParameters([DEFAULT_PARAMETER]);
+  api
+    .get("/params")
+    .then((body) => showParameters(body.parameters.map((p) => p.name)))
+    .catch(showError);
   label.replaceChildren(
     ...Array.from({ length: 10 }, (_, digit) => {
       const option = document.createElement("option");
