@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from safetensors.numpy import load as load_safetensors
 
@@ -190,3 +191,29 @@ class RunsOnUnpickle:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (open, (str(self.marker), "w"))
+
+
+def local_explanation(
+    net: torch.nn.Module, image: torch.Tensor, target: int | None
+) -> dict[str, Any]:
+    """POST /explain computed locally with torch: the tutorial's forward layer by layer, and
+    the gradient of the target's logit (default: the predicted class) with respect to x."""
+    x = image.clone().requires_grad_(True)
+    conv1 = F.relu(net.conv1(x))
+    pool1 = F.max_pool2d(conv1, 2)
+    conv2 = F.relu(net.conv2(pool1))
+    pool2 = F.max_pool2d(conv2, 2)
+    fc1 = F.relu(net.fc1(pool2.flatten(1)))
+    fc2 = F.relu(net.fc2(fc1))
+    fc3 = net.fc3(fc2)
+    chosen = int(fc3.argmax()) if target is None else target
+    (saliency,) = torch.autograd.grad(fc3[0, chosen], x)  # leaves the parameters' .grad alone
+    layers = {"conv1": conv1, "pool1": pool1, "conv2": conv2, "pool2": pool2}
+    layers.update(fc1=fc1, fc2=fc2, fc3=fc3)
+    return {
+        "target": chosen,
+        "prediction": int(fc3.argmax()),
+        "activations": {k: v.detach()[0].numpy() for k, v in layers.items()},
+        "saliency": saliency[0, 0].numpy(),
+        "outputs": fc3.detach()[0].numpy(),
+    }

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from app.inspection import autograd_graph, describe_model, explain, global_norm, tensor_stats
 from models.lenet import PARAMETER_NAMES, Net
-from tests.conftest import image_batch, local_net
+from tests.conftest import image_batch, local_explanation, local_net
 
 IMAGE = torch.from_numpy(image_batch(1))
 
@@ -112,20 +112,12 @@ def test_describe_model() -> None:
 def test_explain_equals_a_local_computation(target: int | None) -> None:
     net = local_net()
     answer = explain(net, IMAGE, target)
-    x = IMAGE.clone().requires_grad_(True)
-    conv1 = F.relu(net.conv1(x))
-    pool1 = F.max_pool2d(conv1, 2)
-    conv2 = F.relu(net.conv2(pool1))
-    pool2 = F.max_pool2d(conv2, 2)
-    fc1 = F.relu(net.fc1(pool2.flatten(1)))
-    fc2 = F.relu(net.fc2(fc1))
-    fc3 = net.fc3(fc2)
-    prediction = int(fc3.argmax())
-    chosen = prediction if target is None else target
-    (saliency,) = torch.autograd.grad(fc3[0, chosen], x)
+    expected_answer = local_explanation(net, IMAGE, target)
+    prediction, chosen = expected_answer["prediction"], expected_answer["target"]
+    saliency = torch.from_numpy(expected_answer["saliency"])
+    fc3 = torch.from_numpy(expected_answer["outputs"])[None]
     assert (answer["prediction"], answer["target"]) == (prediction, chosen)
-    expected = {"conv1": conv1, "pool1": pool1, "conv2": conv2, "pool2": pool2}
-    expected.update(fc1=fc1, fc2=fc2, fc3=fc3)
+    expected = {k: torch.from_numpy(v)[None] for k, v in expected_answer["activations"].items()}
     assert list(answer["activations"]) == list(expected)
     for name, tensor in expected.items():
         np.testing.assert_allclose(
@@ -135,6 +127,6 @@ def test_explain_equals_a_local_computation(target: int | None) -> None:
     np.testing.assert_allclose(
         answer["probabilities"], torch.softmax(fc3.detach()[0], 0).numpy(), atol=1e-6
     )
-    np.testing.assert_allclose(answer["saliency"], saliency[0, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(answer["saliency"], saliency.numpy(), atol=1e-6)
     assert np.asarray(answer["saliency"]).shape == (32, 32)
     assert all(p.grad is None for p in net.parameters())  # the parameters' .grad untouched
