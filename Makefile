@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint browser haproxy bench docker-check podman-smoke clean
+.PHONY: install run test lint protos browser haproxy bench docker-check podman-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# The gRPC stubs of app/protos/grpc_predict_v2.proto, committed; rerun after editing the .proto.
+# They are built into a descriptor pool of their own rather than protobuf's default one, where
+# tritonclient.grpc (same package `inference`, other file) would clash with them in one process.
+protos: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
+		app/protos/grpc_predict_v2.proto
+	sed -i 's/_descriptor_pool.Default().AddSerializedFile(/_descriptor_pool.DescriptorPool().AddSerializedFile(/' \
+		app/protos/grpc_predict_v2_pb2.py
 
 # Debian's Chromium drives the web page's end-to-end tests (Playwright cannot download one here);
 # a CJK font lets the zh-TW screenshots show characters rather than boxes.

@@ -9,6 +9,7 @@ never delays a request that has nobody to wait for.
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -17,8 +18,9 @@ import torch
 
 ResultT = TypeVar("ResultT")
 
-# Told after each batch: the images in it, and how long each request waited in the queue.
-BatchObserver = Callable[[int, list[float]], None]
+# Told after each batch: the images in it, how long each request waited in the queue, and how
+# long the batch's forward pass took (seconds).
+BatchObserver = Callable[[int, list[float], float], None]
 # Runs a list of image batches as one forward pass; answers one result per batch, in order.
 BatchRunner = Callable[[list[torch.Tensor]], Awaitable[list[ResultT]]]
 
@@ -82,7 +84,9 @@ class PredictionBatcher(Generic[ResultT]):
             raise RuntimeError("batcher is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ResultT] = loop.create_future()
-        self._queue.put_nowait(_Pending(images, future, loop.time()))
+        # perf_counter, not loop.time(): uvloop's clock moves in whole milliseconds, which would
+        # round every short wait to zero.
+        self._queue.put_nowait(_Pending(images, future, time.perf_counter()))
         return await future
 
     async def _gather(self) -> list[_Pending[ResultT]]:
@@ -119,13 +123,12 @@ class PredictionBatcher(Generic[ResultT]):
             self._queue.put_nowait(other)
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
             live = [item for item in batch if not item.future.done()]
             if not live:
                 continue
-            started = loop.time()
+            started = time.perf_counter()
             try:
                 results = await self._run_batch([item.images for item in live])
             except asyncio.CancelledError:
@@ -140,7 +143,8 @@ class PredictionBatcher(Generic[ResultT]):
                 continue
             if self._on_batch is not None:
                 waits = [started - item.enqueued for item in live]
-                self._on_batch(sum(item.images.shape[0] for item in live), waits)
+                computed = time.perf_counter() - started
+                self._on_batch(sum(item.images.shape[0] for item in live), waits, computed)
             for item, result in zip(live, results, strict=True):
                 if not item.future.done():
                     item.future.set_result(result)

@@ -404,9 +404,9 @@ class Engine:
     def _predict_now(self, images: torch.Tensor) -> Prediction:
         return predict_batch(self.model, images, self.device, self.version, self.step)
 
-    def _notify_batch(self, images: int, waits: list[float]) -> None:
+    def _notify_batch(self, images: int, waits: list[float], compute_s: float) -> None:
         for observer in self.batch_observers:
-            observer(images, waits)
+            observer(images, waits, compute_s)
 
     # ----------------------------------------------------------------- all or nothing
 

@@ -9,9 +9,10 @@ nested. Every rejection is a `BadRequest` (400), as the protocol wants, and name
 No FastAPI here: `app.routes.v2` passes the body and headers in and sends what comes back.
 """
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import orjson
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import BadRequest, InvalidInput
+from app.errors import BadRequest, InvalidInput, NotFound
 from app.json_body import HEADER_LENGTH as HEADER_LENGTH  # the v2 routes read the header
 from app.json_body import (
     INFER_DATA_FIELD,
@@ -36,7 +37,8 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 DATATYPE = "FP32"
 PLATFORM = "pytorch"
-EXTENSIONS = ("binary_tensor_data",)
+# Triton's names for its model configuration, statistics and repository (index) extensions.
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_repository")
 BINARY_MEDIA_TYPE = "application/octet-stream"
 JSON_MEDIA_TYPE = "application/json"
 
@@ -172,6 +174,152 @@ def model_metadata(versions: list[int]) -> dict[str, Any]:
         "inputs": [{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, *INPUT_SHAPE]}],
         "outputs": [{"name": OUTPUT_NAME, "datatype": DATATYPE, "shape": [-1, NUM_CLASSES]}],
     }
+
+
+def check_model(model_name: str, model_version: str | None, current_version: int) -> None:
+    """Refuse (404) a model other than `lenet`, or a version other than the current weights'
+    (None or "" asks for the current one)."""
+    if model_name != MODEL_NAME:
+        raise NotFound(f"unknown model {model_name!r}; this server serves {MODEL_NAME!r}")
+    if model_version and model_version != str(current_version):
+        raise NotFound(
+            f"version {model_version!r} of model {MODEL_NAME!r} is not available; the "
+            f"current version is {current_version} (each change to the weights makes a new one)"
+        )
+
+
+def model_config(max_batch_size: int, max_queue_delay_ms: float) -> dict[str, Any]:
+    """Triton's model configuration of `lenet`, as GET /v2/models/lenet/config answers it (dims
+    leave out the batch dimension, as Triton's do when max_batch_size is above 0)."""
+    return {
+        "name": MODEL_NAME,
+        "platform": PLATFORM,
+        "max_batch_size": max_batch_size,
+        "input": [
+            {
+                "name": INPUT_NAME,
+                "data_type": "TYPE_FP32",
+                "format": "FORMAT_NCHW",
+                "dims": list(INPUT_SHAPE),
+            }
+        ],
+        "output": [{"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [NUM_CLASSES]}],
+        "dynamic_batching": {"max_queue_delay_microseconds": round(max_queue_delay_ms * 1000)},
+    }
+
+
+def repository_index(weights_version: int, ready: bool, ready_only: bool) -> list[dict[str, str]]:
+    """Triton's repository index: the one model at the current weights' version, READY or
+    UNAVAILABLE (then left out when `ready_only`)."""
+    if ready:
+        return [{"name": MODEL_NAME, "version": str(weights_version), "state": "READY"}]
+    if ready_only:
+        return []
+    return [
+        {
+            "name": MODEL_NAME,
+            "version": str(weights_version),
+            "state": "UNAVAILABLE",
+            "reason": "the model is starting or shutting down",
+        }
+    ]
+
+
+# ------------------------------------------------------------------ statistics
+
+
+@dataclass
+class Duration:
+    """Triton's StatisticDuration: how many, and their cumulative nanoseconds."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        """Count `count` more, `seconds` each."""
+        self.count += count
+        self.ns += count * round(seconds * 1e9)
+
+    def as_json(self) -> dict[str, int]:
+        """{"count", "ns"}."""
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class InferenceStatistics:
+    """What Triton's statistics extension reports for `lenet`, measured since start-up.
+
+    Two feeds: `observe_batch`, a batch observer of the engine (see `app.batching`), sees every
+    forward pass of the batcher, whatever route asked (/predict, /predict/image, v2 over REST
+    and gRPC): executions, images, each request's queue wait, and the pass's compute time, which
+    each request in the batch is charged in full, as Triton does. `request()` wraps each v2
+    inference request (REST and gRPC) from its decoding to its answer: success or fail, and the
+    request's whole duration. Everything runs on the event loop, so nothing here needs a lock.
+    """
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    inference_count: int = 0  # images run through the network
+    execution_count: int = 0  # forward passes
+    last_inference_ms: int = 0  # milliseconds since the epoch
+    batches: dict[int, Duration] = field(default_factory=dict)  # per batch size
+
+    def observe_batch(self, images: int, waits: list[float], compute_s: float) -> None:
+        """A batch observer: one forward pass of `images` images for len(waits) requests."""
+        self.execution_count += 1
+        self.inference_count += images
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        for wait in waits:
+            self.queue.add(wait)
+        self.compute_infer.add(compute_s, count=len(waits))
+        self.batches.setdefault(images, Duration()).add(compute_s)
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Time one v2 inference request: a success if the block returns, a fail if it raises,
+        and neither if it names an unknown model or version (it never reached the model)."""
+        started = time.perf_counter()
+        try:
+            yield
+        except NotFound:
+            raise
+        except BaseException:
+            self.fail.add(time.perf_counter() - started)
+            raise
+        self.success.add(time.perf_counter() - started)
+
+    def as_json(self, weights_version: int) -> dict[str, Any]:
+        """Triton's ModelStatistics of `lenet`, under the current weights' version."""
+        zero = Duration().as_json()
+        return {
+            "name": MODEL_NAME,
+            "version": str(weights_version),
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.as_json(),
+                "fail": self.fail.as_json(),
+                "queue": self.queue.as_json(),
+                # Decoding and encoding happen outside the model's execution, in the request.
+                "compute_input": zero,
+                "compute_infer": self.compute_infer.as_json(),
+                "compute_output": zero,
+                "cache_hit": zero,
+                "cache_miss": zero,
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": zero,
+                    "compute_infer": duration.as_json(),
+                    "compute_output": zero,
+                }
+                for size, duration in sorted(self.batches.items())
+            ],
+        }
 
 
 # ------------------------------------------------------------------ requests

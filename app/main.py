@@ -9,8 +9,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app import metrics, observability
+from app import kserve, metrics, observability
 from app.engine import Engine
+from app.grpc_server import GrpcServer
 from app.guards import GuardsMiddleware, HeadAsGetMiddleware
 from app.http import DOCUMENTED_BODIES
 from app.http_errors import install_error_handlers
@@ -58,6 +59,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = Engine(settings)  # here, so an unavailable device fails at start-up
     body_decoder = BodyDecoder(settings.max_body_bytes, settings.max_batch_size)
+    # Triton's statistics of the model, fed by every batch and every v2 inference request.
+    statistics = kserve.InferenceStatistics()
+    engine.batch_observers.append(statistics.observe_batch)
+    grpc_server = None
+    if settings.grpc_port is not None:
+        grpc_server = GrpcServer(engine, settings, statistics, "lenet-serve", VERSION)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,8 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "LeNet ready on %s at version %d, step %d", engine.device, engine.version, engine.step
         )
         try:
+            if grpc_server is not None:
+                await grpc_server.start()
             yield
         finally:
+            if grpc_server is not None:
+                # HTTP has drained by now; calls in flight get the same grace, then the engine
+                # (which they need) closes.
+                await grpc_server.stop(settings.timeout_graceful_shutdown)
             body_decoder.close()
             await engine.close()
 
@@ -87,6 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.limits = Limits.from_settings(settings)
     app.state.body_decoder = body_decoder
+    app.state.inference_statistics = statistics
+    app.state.grpc_server = grpc_server
     # Innermost first.
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s

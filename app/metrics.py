@@ -142,7 +142,7 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def observe_batch(self, images: int, waits: list[float]) -> None:
+    def observe_batch(self, images: int, waits: list[float], compute_s: float) -> None:
         """A batch observer (see `app.batching`): its size and each request's queue wait."""
         self.batch_images.observe(images)
         for wait in waits:

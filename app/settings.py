@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # Where to serve. Loopback by default: exposing a trainable model is the operator's choice.
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # KServe v2 over gRPC on this port of `host`, beside HTTP; off when unset (0: any free port).
+    grpc_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # One JSON object a line (time, level, logger, message, request_id, extras), or plain text.
     log_format: Literal["text", "json"] = "text"
@@ -135,6 +137,12 @@ class Settings(BaseSettings):
         ):
             return value
         raise ValueError("device must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _empty_grpc_port_is_off(cls, value: Any) -> Any:
+        # compose passes LENET_GRPC_PORT through as an empty string when the shell has none.
+        return None if isinstance(value, str) and value.strip() == "" else value
 
     @field_validator("api_token")
     @classmethod

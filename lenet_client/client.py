@@ -18,18 +18,21 @@ from pydantic import BaseModel
 
 from app.optimizers import OptimizerConfig
 from app.schemas import (
+    BackwardResponse,
     CheckpointResponse,
+    ExplainResponse,
     HealthResponse,
     LossResponse,
     ModelResponse,
     OptimizerCatalogue,
     ParamsResponse,
     PredictResponse,
+    StepResponse,
     TrainStepResponse,
     VersionResponse,
 )
 from lenet_client import routes
-from lenet_client.routes import Call, ImageFile, Images, LossName, Targets
+from lenet_client.routes import Call, GradOutputs, ImageFile, Images, LossName, Targets
 
 T = TypeVar("T")
 
@@ -172,9 +175,37 @@ class LenetClient:
         backward: bool = False,
         graph: bool = False,
         binary: bool = False,
+        zero_grad: bool = True,
     ) -> LossResponse:
-        """POST /loss: the loss without an update; gradients kept with `backward`."""
-        return self.send(routes.loss(images, targets, loss, lr, backward, graph, binary))
+        """POST /loss: the loss without an update; gradients kept with `backward` (added to
+        those there when `zero_grad` is false)."""
+        return self.send(routes.loss(images, targets, loss, lr, backward, graph, binary, zero_grad))
+
+    def zero_grad(self) -> VersionResponse:
+        """POST /zero-grad: every gradient becomes None, as `net.zero_grad()`."""
+        return self.send(routes.zero_grad())
+
+    def backward(
+        self,
+        images: Images,
+        grad_outputs: GradOutputs,
+        *,
+        zero_grad: bool = True,
+        binary: bool = False,
+    ) -> BackwardResponse:
+        """POST /backward: `net(images).backward(grad_outputs)`; the gradients stay."""
+        return self.send(routes.backward(images, grad_outputs, zero_grad, binary))
+
+    def step(self, *, lr: float | None = None) -> StepResponse:
+        """POST /step: `optimizer.step()` on the gradients there; `lr` for this step only."""
+        return self.send(routes.step(lr))
+
+    def explain(
+        self, image: Images, *, target: int | None = None, binary: bool = False
+    ) -> ExplainResponse:
+        """POST /explain: every layer's output and the saliency of `target` (default: the
+        predicted class) for one image; changes nothing."""
+        return self.send(routes.explain(image, target, binary))
 
     def params(
         self, names: Sequence[str] | None = None, *, values: bool = False, grads: bool = False
@@ -300,9 +331,39 @@ class AsyncLenetClient:
         backward: bool = False,
         graph: bool = False,
         binary: bool = False,
+        zero_grad: bool = True,
     ) -> LossResponse:
-        """POST /loss: the loss without an update; gradients kept with `backward`."""
-        return await self.send(routes.loss(images, targets, loss, lr, backward, graph, binary))
+        """POST /loss: the loss without an update; gradients kept with `backward` (added to
+        those there when `zero_grad` is false)."""
+        return await self.send(
+            routes.loss(images, targets, loss, lr, backward, graph, binary, zero_grad)
+        )
+
+    async def zero_grad(self) -> VersionResponse:
+        """POST /zero-grad: every gradient becomes None, as `net.zero_grad()`."""
+        return await self.send(routes.zero_grad())
+
+    async def backward(
+        self,
+        images: Images,
+        grad_outputs: GradOutputs,
+        *,
+        zero_grad: bool = True,
+        binary: bool = False,
+    ) -> BackwardResponse:
+        """POST /backward: `net(images).backward(grad_outputs)`; the gradients stay."""
+        return await self.send(routes.backward(images, grad_outputs, zero_grad, binary))
+
+    async def step(self, *, lr: float | None = None) -> StepResponse:
+        """POST /step: `optimizer.step()` on the gradients there; `lr` for this step only."""
+        return await self.send(routes.step(lr))
+
+    async def explain(
+        self, image: Images, *, target: int | None = None, binary: bool = False
+    ) -> ExplainResponse:
+        """POST /explain: every layer's output and the saliency of `target` (default: the
+        predicted class) for one image; changes nothing."""
+        return await self.send(routes.explain(image, target, binary))
 
     async def params(
         self, names: Sequence[str] | None = None, *, values: bool = False, grads: bool = False

@@ -21,14 +21,17 @@ from pydantic import BaseModel, TypeAdapter
 
 from app.optimizers import OptimizerConfig, optimizer_config_adapter
 from app.schemas import (
+    BackwardResponse,
     CheckpointListResponse,
     CheckpointResponse,
+    ExplainResponse,
     HealthResponse,
     LossResponse,
     ModelResponse,
     OptimizerCatalogue,
     ParamsResponse,
     PredictResponse,
+    StepResponse,
     TrainStepResponse,
     VersionResponse,
 )
@@ -41,6 +44,8 @@ M = TypeVar("M", bound=BaseModel)
 Images: TypeAlias = np.ndarray | Sequence[Any]
 # N class indices, or N x 10 target vectors (a length-10 vector when N is 1).
 Targets: TypeAlias = np.ndarray | Sequence[Any]
+# N x 10 gradients of the outputs for POST /backward (a length-10 vector when N is 1).
+GradOutputs: TypeAlias = np.ndarray | Sequence[Any]
 LossName = Literal["cross_entropy", "mse"]
 # An image file for POST /predict/image: a path, or (filename, bytes).
 ImageFile: TypeAlias = Path | tuple[str, bytes]
@@ -158,11 +163,42 @@ def loss(
     backward: bool,
     graph: bool,
     binary: bool,
+    zero_grad: bool = True,
 ) -> Call[LossResponse]:
     """POST /loss."""
     body = _training_body(images, targets, loss, lr, binary)
-    body.update(backward=backward, graph=graph)
+    body.update(backward=backward, graph=graph, zero_grad=zero_grad)
     return Call("POST", "/loss", _model(LossResponse), json=body)
+
+
+def zero_grad() -> Call[VersionResponse]:
+    """POST /zero-grad."""
+    return Call("POST", "/zero-grad", _model(VersionResponse))
+
+
+def backward(
+    images: Images, grad_outputs: GradOutputs, zero_grad: bool, binary: bool
+) -> Call[BackwardResponse]:
+    """POST /backward."""
+    body = {
+        **image_fields(images, binary),
+        "grad_outputs": _targets(grad_outputs),
+        "zero_grad": zero_grad,
+    }
+    return Call("POST", "/backward", _model(BackwardResponse), json=body)
+
+
+def step(lr: float | None) -> Call[StepResponse]:
+    """POST /step (with no body when `lr` is None: the optimizer's own lr)."""
+    return Call("POST", "/step", _model(StepResponse), json={} if lr is None else {"lr": lr})
+
+
+def explain(image: Images, target: int | None, binary: bool) -> Call[ExplainResponse]:
+    """POST /explain."""
+    body = image_fields(image, binary)
+    if target is not None:
+        body["target"] = target
+    return Call("POST", "/explain", _model(ExplainResponse), json=body)
 
 
 def params(names: Sequence[str] | None, values: bool, grads: bool) -> Call[ParamsResponse]:

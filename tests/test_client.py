@@ -28,13 +28,16 @@ from app.optimizers import (
 )
 from app.schemas import (
     AutogradGraph,
+    BackwardResponse,
     CheckpointResponse,
+    ExplainResponse,
     HealthResponse,
     LossResponse,
     ModelResponse,
     OptimizerCatalogue,
     ParamsResponse,
     PredictResponse,
+    StepResponse,
     TrainStepResponse,
     VersionResponse,
 )
@@ -148,6 +151,7 @@ def test_sync_and_async_clients_have_the_same_methods() -> None:
     routes = {"predict", "predict_image", "train_step", "loss", "params", "model", "optimizer"}
     routes |= {"set_optimizer", "optimizers", "reset", "save_checkpoint", "checkpoints"}
     routes |= {"restore_checkpoint", "export_weights", "import_weights", "health", "ready"}
+    routes |= {"zero_grad", "backward", "step", "explain"}
     assert set(sync) == routes | {"metrics", "send"}
     for name in asynchronous:
         assert inspect.iscoroutinefunction(getattr(AsyncLenetClient, name)), name
@@ -217,22 +221,83 @@ def test_train_step_and_loss_answer_typed_results(api: Any) -> None:
     loss = api.loss(images, labels, backward=True, graph=True)
     assert isinstance(loss, LossResponse) and isinstance(loss.graph, AutogradGraph)
     assert loss.version == before.version  # /loss does not change the weights
+    assert loss.loss_name == "cross_entropy"  # chosen for class indices
     names = {node.param for node in loss.graph.nodes if node.param}
     assert names == set(PARAMETER_NAMES)
     grads = api.params(grads=True)
     assert all(report.grad_stats is not None for report in grads.parameters)
     step = api.train_step(images, labels, lr=0.05, binary=True)
-    assert isinstance(step, TrainStepResponse)
+    assert isinstance(step, TrainStepResponse) and step.loss_name == "cross_entropy"
     assert (step.version, step.step) == (before.version + 1, before.step + 1)
     assert step.batch_size == 4 and step.optimizer["lr"] == 0.05
     assert api.optimizer().lr == 0.01  # the lr was for this step only
     assert step.loss == pytest.approx(loss.loss, rel=1e-5)  # same weights, same batch
     vectors = np.eye(10, dtype=np.float32)[labels]
     mse = api.loss(images.tolist(), vectors.tolist(), loss="mse")
-    assert mse.graph is None and mse.loss > 0
+    assert mse.graph is None and mse.loss > 0 and mse.loss_name == "mse"
     outputs = torch.tensor(api.predict(images).outputs)  # the weights after the step
     expected = F.mse_loss(outputs, torch.from_numpy(vectors))
     assert mse.loss == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.server
+def test_the_tutorial_cells_one_at_a_time(api: Any) -> None:
+    """zero_grad, backward, step: the tutorial's loop split, as torch does it locally."""
+    images = image_batch(2)[:, 0]
+    grad_outputs = np.random.default_rng(3).standard_normal((2, 10)).astype(np.float32)
+    before = api.model()
+    cleared = api.zero_grad()
+    assert isinstance(cleared, VersionResponse) and cleared.version == before.version
+    assert all(report.grad_stats is None for report in api.params().parameters)
+    with pytest.raises(LenetHTTPError) as nothing:
+        api.step()
+    assert nothing.value.status == 409 and "POST /backward" in nothing.value.detail
+    # The same cells locally: out = net(x); out.backward(grad_outputs); sgd step.
+    net = local_net()
+    outputs = net(torch.from_numpy(images)[:, None])
+    outputs.backward(torch.from_numpy(grad_outputs))
+    norm = torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in net.parameters()]))
+    once = api.backward(images, grad_outputs, binary=True)
+    assert isinstance(once, BackwardResponse) and once.version == before.version
+    np.testing.assert_allclose(once.outputs, outputs.detach(), atol=1e-5)
+    assert once.grad_norm == pytest.approx(float(norm), rel=1e-4)
+    twice = api.backward(images.tolist(), grad_outputs.tolist(), zero_grad=False)
+    assert twice.grad_norm == pytest.approx(2 * once.grad_norm, rel=1e-4)  # accumulated
+    again = api.loss(images, [1, 2], backward=True, zero_grad=False)
+    assert again.loss_name == "cross_entropy" and api.params(grads=True).parameters[0].grad
+    api.backward(images, grad_outputs)  # zero_grad: back to one backward's gradients
+    stepped = api.step(lr=0.1)
+    assert isinstance(stepped, StepResponse)
+    assert (stepped.version, stepped.step) == (before.version + 1, before.step + 1)
+    assert stepped.optimizer["lr"] == 0.1 and stepped.grad_norm == pytest.approx(once.grad_norm)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter -= 0.1 * parameter.grad  # plain SGD, the service's default optimizer
+        expected = net(torch.from_numpy(images)[:, None]).numpy()
+    np.testing.assert_allclose(api.predict(images).outputs, expected, atol=1e-5)
+    assert api.step().step == stepped.step + 1  # the gradients stay after a step, as in torch
+
+
+@pytest.mark.server
+def test_explain(api: Any) -> None:
+    image = image_batch(1)[0, 0]
+    before = api.model()
+    answer = api.explain(image)
+    assert isinstance(answer, ExplainResponse)
+    expected = local_logits(image[None])[0]
+    np.testing.assert_allclose(answer.outputs, expected, atol=1e-5)
+    assert answer.prediction == answer.target == int(expected.argmax())
+    assert np.asarray(answer.activations.conv1).shape == (6, 28, 28)
+    assert np.asarray(answer.saliency).shape == (32, 32)
+    x = torch.from_numpy(image)[None, None].requires_grad_(True)
+    (saliency,) = torch.autograd.grad(local_net()(x)[0, 3], x)
+    other = api.explain(image, target=3, binary=True)
+    assert other.target == 3
+    np.testing.assert_allclose(other.saliency, saliency[0, 0], atol=1e-5)
+    assert api.model().version == before.version  # read-only
+    with pytest.raises(LenetHTTPError) as two:
+        api.explain(image_batch(2)[:, 0])
+    assert two.value.status == 422
 
 
 @pytest.mark.server
@@ -365,9 +430,13 @@ def test_the_token_goes_as_a_bearer_header(
         with pytest.raises(LenetHTTPError):
             client.reset(seed=1)
         assert client.model().version == before.version
+        with pytest.raises(LenetHTTPError) as cell:
+            client.zero_grad()
+        assert cell.value.status == 401
     client = make_api(protected.url, TOKEN)
     version = client.model().version
     assert client.train_step(images, labels).version == version + 1
+    assert client.zero_grad().version == version + 1
 
 
 def test_an_unreachable_service_is_a_connection_error(make_api: Callable[..., Any]) -> None:

@@ -314,7 +314,12 @@ def test_metadata() -> None:
     assert server_metadata("lenet-serve", "0.1.0") == {
         "name": "lenet-serve",
         "version": "0.1.0",
-        "extensions": ["binary_tensor_data"],
+        "extensions": [
+            "binary_tensor_data",
+            "model_configuration",
+            "statistics",
+            "model_repository",
+        ],
     }
     assert model_metadata(41) == {
         "name": "lenet",

@@ -20,6 +20,7 @@ from app.routes import (
     params,
     predict,
     training,
+    triton,
     v2,
     versions,
 )
@@ -34,6 +35,7 @@ ROUTERS = (
     versions.router,  # /versions: the resident versions requests can name
     health.router,  # /healthz, /readyz
     metrics.router,  # /metrics
+    triton.router,  # /v2/.../config, stats, repository: Triton's extensions; before v2's
     v2.router,  # /v2/... (KServe v2 / Open Inference Protocol)
     docs.router,  # /docs (Swagger UI), /redoc: offline, from the package's assets
     page.router,  # / (the web page)

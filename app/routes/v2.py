@@ -17,6 +17,7 @@ from app.engine import Engine
 from app.errors import NotFound
 from app.http import EngineDep, FastJSONResponse, LimitsDep, json_body_doc
 from app.json_body import BodyDecoder
+from app.routes.triton import counted
 from app.tensors import Limits
 
 router = APIRouter(prefix="/v2", tags=["v2"])
@@ -167,6 +168,7 @@ async def _infer(
 
 
 @router.post(MODEL + "/infer", responses=_INFER_RESPONSES, openapi_extra=_INFER_DOC)
+@counted
 async def infer(
     request: Request, engine: EngineDep, limits: LimitsDep, model_name: str
 ) -> Response:
@@ -175,6 +177,7 @@ async def infer(
 
 
 @router.post(VERSIONED + "/infer", responses=_INFER_RESPONSES, openapi_extra=_INFER_DOC)
+@counted
 async def infer_version(
     request: Request,
     engine: EngineDep,
