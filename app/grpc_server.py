@@ -312,7 +312,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelReadyRequest, context: Context
     ) -> pb.ModelReadyResponse:
         """The model (at the current weights' version) is ready."""
-        kserve.check_model(request.name, request.version, self.engine.version)
+        kserve.check_model(request.name, request.version, self.engine.resident)
         return pb.ModelReadyResponse(ready=self._ready())
 
     @_answering
@@ -329,8 +329,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
         """The model's versions, platform, input and output."""
-        kserve.check_model(request.name, request.version, self.engine.version)
-        metadata = kserve.model_metadata(self.engine.version)
+        kserve.check_model(request.name, request.version, self.engine.resident)
+        metadata = kserve.resident_metadata(self.engine.resident)
         return pb.ModelMetadataResponse(
             name=metadata["name"],
             versions=metadata["versions"],
@@ -345,14 +345,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         """Logits for a batch [N, 1, 32, 32] of FP32 images."""
         engine = self.engine
-        kserve.check_model(request.model_name, request.model_version, engine.version)
+        version = kserve.check_model(request.model_name, request.model_version, engine.resident)
         with self.statistics.request():
             images, raw = decode_images(request, self.limits)
             check_outputs(request)
             with kserve.bad_input_is_400():  # finite pixels whose logits overflow: bad input
-                prediction = await engine.predict(images)
-            # The weights may have changed while the request waited: a named version must match.
-            kserve.check_model(request.model_name, request.model_version, prediction.version)
+                prediction = await engine.predict(images, version=version)
             return encode_response(
                 request.id, prediction.logits, prediction.version, prediction.step, raw
             )
@@ -362,7 +360,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: Context
     ) -> pb.ModelConfigResponse:
         """Triton's model configuration."""
-        kserve.check_model(request.name, request.version, self.engine.version)
+        kserve.check_model(request.name, request.version, self.engine.resident)
         settings = self.settings
         config = kserve.model_config(settings.max_batch_size, settings.batch_max_wait_ms)
         return pb.ModelConfigResponse(config=config_message(config))
@@ -373,7 +371,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelStatisticsResponse:
         """Triton's statistics: every model (the one) when no name is given."""
         if request.name:
-            kserve.check_model(request.name, request.version, self.engine.version)
+            kserve.check_model(request.name, request.version, self.engine.resident)
         stats = self.statistics.as_json(self.engine.version)
         return pb.ModelStatisticsResponse(model_stats=[statistics_message(stats)])
 

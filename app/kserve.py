@@ -29,6 +29,7 @@ from app.json_body import (
     nested_to_array,
 )
 from app.json_body import decode_content as decode_content  # the v2 routes inflate with it
+from app.resident import ResidentVersions
 from app.tensors import Limits, images_from_array, reject_unknown_fields
 from models.lenet import INPUT_SHAPE, NUM_CLASSES
 
@@ -176,16 +177,28 @@ def model_metadata(versions: list[int]) -> dict[str, Any]:
     }
 
 
-def check_model(model_name: str, model_version: str | None, current_version: int) -> None:
-    """Refuse (404) a model other than `lenet`, or a version other than the current weights'
-    (None or "" asks for the current one)."""
+def check_model(
+    model_name: str, model_version: str | None, resident: ResidentVersions
+) -> int | None:
+    """Refuse (404) a model other than `lenet`, or a version that is not resident; answers the
+    version asked for as a number (None, or "" from gRPC, asks for the current one)."""
     if model_name != MODEL_NAME:
         raise NotFound(f"unknown model {model_name!r}; this server serves {MODEL_NAME!r}")
-    if model_version and model_version != str(current_version):
-        raise NotFound(
-            f"version {model_version!r} of model {MODEL_NAME!r} is not available; the "
-            f"current version is {current_version} (each change to the weights makes a new one)"
-        )
+    if not model_version:
+        return None
+    if model_version.isascii() and model_version.isdigit():
+        version = int(model_version)
+        if any(entry.version == version for entry in resident.newest_first()):
+            return version
+    raise NotFound(
+        f"version {model_version[:40]!r} of model {MODEL_NAME!r} is not available (not "
+        f"resident); {resident.range_text()}"
+    )
+
+
+def resident_metadata(resident: ResidentVersions) -> dict[str, Any]:
+    """GET /v2/models/lenet for the resident versions, newest first."""
+    return model_metadata([entry.version for entry in resident.newest_first()])
 
 
 def model_config(max_batch_size: int, max_queue_delay_ms: float) -> dict[str, Any]:

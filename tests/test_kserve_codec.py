@@ -321,9 +321,9 @@ def test_metadata() -> None:
             "model_repository",
         ],
     }
-    assert model_metadata(41) == {
+    assert model_metadata([41, 40]) == {
         "name": "lenet",
-        "versions": ["41"],
+        "versions": ["41", "40"],
         "platform": "pytorch",
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 32, 32]}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],

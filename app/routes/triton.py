@@ -57,7 +57,7 @@ def counted(route: Callable[P, Awaitable[Response]]) -> Callable[P, Awaitable[Re
 def _config(
     engine: EngineDep, settings: SettingsDep, model_name: str, version: str | None
 ) -> dict[str, Any]:
-    kserve.check_model(model_name, version, engine.version)
+    kserve.check_model(model_name, version, engine.resident)
     return kserve.model_config(settings.max_batch_size, settings.batch_max_wait_ms)
 
 
@@ -79,7 +79,7 @@ def _stats(
     engine: EngineDep, statistics: StatisticsDep, model_name: str | None, version: str | None
 ) -> dict[str, Any]:
     if model_name is not None:
-        kserve.check_model(model_name, version, engine.version)
+        kserve.check_model(model_name, version, engine.resident)
     return {"model_stats": [statistics.as_json(engine.version)]}
 
 

@@ -14,7 +14,6 @@ from fastapi.responses import Response
 
 from app import kserve
 from app.engine import Engine
-from app.errors import NotFound
 from app.http import EngineDep, FastJSONResponse, LimitsDep, json_body_doc
 from app.json_body import BodyDecoder
 from app.routes.triton import counted
@@ -29,28 +28,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 MODEL = "/models/{model_name}"
 VERSIONED = "/models/{model_name}/versions/{model_version}"
-
-
-def _check_model(engine: Engine, model_name: str, model_version: str | None) -> int | None:
-    """Refuse (404) a model other than `lenet`, or a version that is not resident; answers the
-    version as a number (None when not named)."""
-    if model_name != kserve.MODEL_NAME:
-        raise NotFound(f"unknown model {model_name!r}; this server serves {kserve.MODEL_NAME!r}")
-    if model_version is None:
-        return None
-    resident = engine.resident
-    if model_version.isascii() and model_version.isdigit():
-        version = int(model_version)
-        if any(entry.version == version for entry in resident.newest_first()):
-            return version
-    raise NotFound(
-        f"version {model_version[:40]!r} of model {kserve.MODEL_NAME!r} is not available (not "
-        f"resident); {resident.range_text()}"
-    )
-
-
-def _metadata(engine: Engine) -> dict[str, Any]:
-    return kserve.model_metadata([entry.version for entry in engine.resident.newest_first()])
 
 
 @router.get("/health/live", response_model=kserve.LiveResponse)
@@ -80,8 +57,8 @@ async def server_metadata(request: Request) -> dict[str, Any]:
 async def model_metadata(engine: EngineDep, model_name: str) -> dict[str, Any]:
     """The resident versions (newest first), input `input` FP32 [-1, 1, 32, 32] and output
     `logits` FP32 [-1, 10]."""
-    _check_model(engine, model_name, None)
-    return _metadata(engine)
+    kserve.check_model(model_name, None, engine.resident)
+    return kserve.resident_metadata(engine.resident)
 
 
 @router.get(VERSIONED, response_model=kserve.ModelMetadataResponse, responses={**_ERRORS})
@@ -89,12 +66,12 @@ async def model_version_metadata(
     engine: EngineDep, model_name: str, model_version: str
 ) -> dict[str, Any]:
     """The model's metadata, if `model_version` is resident (else 404)."""
-    _check_model(engine, model_name, model_version)
-    return _metadata(engine)
+    kserve.check_model(model_name, model_version, engine.resident)
+    return kserve.resident_metadata(engine.resident)
 
 
 def _model_ready(engine: Engine, model_name: str, model_version: str | None) -> FastJSONResponse:
-    _check_model(engine, model_name, model_version)
+    kserve.check_model(model_name, model_version, engine.resident)
     ready = engine.ready and engine.weights_finite
     return FastJSONResponse(
         {"name": kserve.MODEL_NAME, "ready": ready}, status_code=200 if ready else 503
@@ -147,7 +124,7 @@ async def _infer(
     model_name: str,
     model_version: str | None,
 ) -> Response:
-    version = _check_model(engine, model_name, model_version)
+    version = kserve.check_model(model_name, model_version, engine.resident)
     decoder: BodyDecoder = request.app.state.body_decoder
     with engine.arriving_prediction():
         parsed, binary = await decoder.decode_infer(
