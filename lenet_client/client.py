@@ -30,6 +30,7 @@ from app.schemas import (
     StepResponse,
     TrainStepResponse,
     VersionResponse,
+    VersionsResponse,
 )
 from lenet_client import routes
 from lenet_client.routes import Call, GradOutputs, ImageFile, Images, LossName, Targets
@@ -145,13 +146,32 @@ class LenetClient:
             raise _transport_error(self.url, call, error) from error
         return _answer(call, response)
 
-    def predict(self, images: Images, *, binary: bool = False) -> PredictResponse:
-        """POST /predict: logits, argmax and softmax per image; `binary` sends base64 float32."""
-        return self.send(routes.predict(images, binary))
+    def predict(
+        self,
+        images: Images,
+        *,
+        binary: bool = False,
+        version: int | None = None,
+        min_version: int | None = None,
+    ) -> PredictResponse:
+        """POST /predict: logits, argmax and softmax per image; `binary` sends base64 float32;
+        `version` pins the weights, `min_version` waits for them (read-your-writes)."""
+        return self.send(routes.predict(images, binary, version, min_version))
 
-    def predict_image(self, files: Sequence[ImageFile], *, invert: bool = False) -> PredictResponse:
+    def versions(self) -> VersionsResponse:
+        """GET /versions: the current version and the resident ones, newest first."""
+        return self.send(routes.versions())
+
+    def predict_image(
+        self,
+        files: Sequence[ImageFile],
+        *,
+        invert: bool = False,
+        version: int | None = None,
+        min_version: int | None = None,
+    ) -> PredictResponse:
         """POST /predict/image: PNG or JPEG files, as paths or (filename, bytes)."""
-        return self.send(routes.predict_image(files, invert))
+        return self.send(routes.predict_image(files, invert, version, min_version))
 
     def train_step(
         self,
@@ -201,11 +221,17 @@ class LenetClient:
         return self.send(routes.step(lr))
 
     def explain(
-        self, image: Images, *, target: int | None = None, binary: bool = False
+        self,
+        image: Images,
+        *,
+        target: int | None = None,
+        binary: bool = False,
+        version: int | None = None,
+        min_version: int | None = None,
     ) -> ExplainResponse:
         """POST /explain: every layer's output and the saliency of `target` (default: the
         predicted class) for one image; changes nothing."""
-        return self.send(routes.explain(image, target, binary))
+        return self.send(routes.explain(image, target, binary, version, min_version))
 
     def params(
         self, names: Sequence[str] | None = None, *, values: bool = False, grads: bool = False
@@ -299,15 +325,32 @@ class AsyncLenetClient:
             raise _transport_error(self.url, call, error) from error
         return _answer(call, response)
 
-    async def predict(self, images: Images, *, binary: bool = False) -> PredictResponse:
-        """POST /predict: logits, argmax and softmax per image; `binary` sends base64 float32."""
-        return await self.send(routes.predict(images, binary))
+    async def predict(
+        self,
+        images: Images,
+        *,
+        binary: bool = False,
+        version: int | None = None,
+        min_version: int | None = None,
+    ) -> PredictResponse:
+        """POST /predict: logits, argmax and softmax per image; `binary` sends base64 float32;
+        `version` pins the weights, `min_version` waits for them (read-your-writes)."""
+        return await self.send(routes.predict(images, binary, version, min_version))
+
+    async def versions(self) -> VersionsResponse:
+        """GET /versions: the current version and the resident ones, newest first."""
+        return await self.send(routes.versions())
 
     async def predict_image(
-        self, files: Sequence[ImageFile], *, invert: bool = False
+        self,
+        files: Sequence[ImageFile],
+        *,
+        invert: bool = False,
+        version: int | None = None,
+        min_version: int | None = None,
     ) -> PredictResponse:
         """POST /predict/image: PNG or JPEG files, as paths or (filename, bytes)."""
-        return await self.send(routes.predict_image(files, invert))
+        return await self.send(routes.predict_image(files, invert, version, min_version))
 
     async def train_step(
         self,
@@ -359,11 +402,17 @@ class AsyncLenetClient:
         return await self.send(routes.step(lr))
 
     async def explain(
-        self, image: Images, *, target: int | None = None, binary: bool = False
+        self,
+        image: Images,
+        *,
+        target: int | None = None,
+        binary: bool = False,
+        version: int | None = None,
+        min_version: int | None = None,
     ) -> ExplainResponse:
         """POST /explain: every layer's output and the saliency of `target` (default: the
         predicted class) for one image; changes nothing."""
-        return await self.send(routes.explain(image, target, binary))
+        return await self.send(routes.explain(image, target, binary, version, min_version))
 
     async def params(
         self, names: Sequence[str] | None = None, *, values: bool = False, grads: bool = False

@@ -34,6 +34,7 @@ from app.schemas import (
     StepResponse,
     TrainStepResponse,
     VersionResponse,
+    VersionsResponse,
 )
 
 T = TypeVar("T")
@@ -135,16 +136,36 @@ def _upload(index: int, image: ImageFile) -> tuple[str, tuple[str, bytes, str]]:
 # ---------------------------------------------------------------- one builder per route
 
 
-def predict(images: Images, binary: bool) -> Call[PredictResponse]:
+def _pinning(version: int | None, min_version: int | None) -> dict[str, int]:
+    """The `version` (exactly those weights) and `min_version` (read-your-writes) fields."""
+    fields = {"version": version, "min_version": min_version}
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def predict(
+    images: Images, binary: bool, version: int | None = None, min_version: int | None = None
+) -> Call[PredictResponse]:
     """POST /predict."""
-    return Call("POST", "/predict", _model(PredictResponse), json=image_fields(images, binary))
+    body = {**image_fields(images, binary), **_pinning(version, min_version)}
+    return Call("POST", "/predict", _model(PredictResponse), json=body)
 
 
-def predict_image(files: Sequence[ImageFile], invert: bool) -> Call[PredictResponse]:
+def predict_image(
+    files: Sequence[ImageFile],
+    invert: bool,
+    version: int | None = None,
+    min_version: int | None = None,
+) -> Call[PredictResponse]:
     """POST /predict/image, the files under the field `files`."""
     uploads = [_upload(index, image) for index, image in enumerate(files)]
-    params = {"invert": "true"} if invert else {}
+    params: dict[str, Any] = {"invert": "true"} if invert else {}
+    params.update(_pinning(version, min_version))
     return Call("POST", "/predict/image", _model(PredictResponse), params=params, files=uploads)
+
+
+def versions() -> Call[VersionsResponse]:
+    """GET /versions."""
+    return Call("GET", "/versions", _model(VersionsResponse))
 
 
 def train_step(
@@ -193,9 +214,15 @@ def step(lr: float | None) -> Call[StepResponse]:
     return Call("POST", "/step", _model(StepResponse), json={} if lr is None else {"lr": lr})
 
 
-def explain(image: Images, target: int | None, binary: bool) -> Call[ExplainResponse]:
+def explain(
+    image: Images,
+    target: int | None,
+    binary: bool,
+    version: int | None = None,
+    min_version: int | None = None,
+) -> Call[ExplainResponse]:
     """POST /explain."""
-    body = image_fields(image, binary)
+    body = {**image_fields(image, binary), **_pinning(version, min_version)}
     if target is not None:
         body["target"] = target
     return Call("POST", "/explain", _model(ExplainResponse), json=body)

@@ -40,6 +40,7 @@ from app.schemas import (
     StepResponse,
     TrainStepResponse,
     VersionResponse,
+    VersionsResponse,
 )
 from lenet_client import (
     AsyncLenetClient,
@@ -151,7 +152,7 @@ def test_sync_and_async_clients_have_the_same_methods() -> None:
     routes = {"predict", "predict_image", "train_step", "loss", "params", "model", "optimizer"}
     routes |= {"set_optimizer", "optimizers", "reset", "save_checkpoint", "checkpoints"}
     routes |= {"restore_checkpoint", "export_weights", "import_weights", "health", "ready"}
-    routes |= {"zero_grad", "backward", "step", "explain"}
+    routes |= {"zero_grad", "backward", "step", "explain", "versions"}
     assert set(sync) == routes | {"metrics", "send"}
     for name in asynchronous:
         assert inspect.iscoroutinefunction(getattr(AsyncLenetClient, name)), name
@@ -298,6 +299,29 @@ def test_explain(api: Any) -> None:
     with pytest.raises(LenetHTTPError) as two:
         api.explain(image_batch(2)[:, 0])
     assert two.value.status == 422
+
+
+@pytest.mark.server
+def test_versions_pinned_and_read_your_writes(api: Any, tmp_path: Path) -> None:
+    image = image_batch(1)[0, 0]
+    first = api.predict(image).version
+    stepped = api.train_step(image_batch(2), [1, 2])
+    listed = api.versions()
+    assert isinstance(listed, VersionsResponse)
+    assert listed.current == stepped.version
+    assert [entry.version for entry in listed.versions][:2] == [stepped.version, first]
+    # The weights of `first` are the seed's: a pinned answer is theirs, however trained now.
+    pinned = api.predict(image, version=first)
+    assert pinned.version == first
+    np.testing.assert_allclose(pinned.outputs[0], local_logits(image[None])[0], atol=1e-5)
+    assert api.explain(image, version=first).version == first
+    path = tmp_path / "digit.png"
+    path.write_bytes(png(np.full((28, 28), 128)))
+    assert api.predict_image([path], version=first).version == first
+    assert api.predict(image, min_version=stepped.version).version >= stepped.version
+    with pytest.raises(LenetHTTPError) as gone:
+        api.predict(image, version=10**9)
+    assert gone.value.status == 404 and "resident" in str(gone.value.detail)
 
 
 @pytest.mark.server
