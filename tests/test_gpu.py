@@ -393,3 +393,30 @@ def test_cuda_service_warms_every_bucket_and_graphs_follow_training(
         assert ours["predictions"] == theirs["predictions"]
         for client in (graphed, eager):
             assert client.post("/train-step", json=step_body()).status_code == 200
+
+
+# --- scripts/gpu_check.sh ------------------------------------------------------------------------
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_gpu_check_cpu_dry_run_passes(tmp_path: Path) -> None:
+    """The GPU machine's one command, every step on the CPU with --quick, so it cannot rot."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LENET_")}
+    env["PYTHON"] = sys.executable
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu-dry-run", "--quick", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    summary = (tmp_path / "summary.txt").read_text()
+    assert result.returncode == 0, summary + result.stderr[-2000:]
+    assert summary.startswith("gpu_check CPU DRY RUN")
+    steps = [line for line in summary.splitlines()[1:] if not line.startswith("gpu_check:")]
+    assert len(steps) == 6 and all(": PASS (" in line for line in steps), summary
+    assert "(bit for bit)" in summary and "auto: ready on cpu" in summary
+    assert "gpu_check: all passed" in summary
+    assert (tmp_path / "bench-cpu.md").read_text().count("| lenet healthz GET") == 3
