@@ -184,9 +184,11 @@ class Run:
     p99_ms: float
 
 
-def wrk(url: str, body: Path | None, connections: int, duration: float) -> Run:
+def wrk(
+    url: str, body: Path | None, connections: int, duration: float, warm_up: bool = False
+) -> Run:
     """POST `body` (GET when None) to `url` over `connections` keep-alive connections for
-    `duration` seconds."""
+    `duration` seconds (a warm-up may see no request finish in time)."""
     command = [
         "wrk",
         "-t1",  # one wrk thread is ample for these rates and leaves the other core to the server
@@ -206,7 +208,7 @@ def wrk(url: str, body: Path | None, connections: int, duration: float) -> Run:
         raise RuntimeError(f"wrk failed on {url}:\n{output.stdout}\n{output.stderr}")
     result = json.loads(line[len("RESULT ") :])
     failures = result["socket_errors"] + result["non_2xx"] + result["timeouts"]
-    if failures or result["requests"] == 0:
+    if failures or (result["requests"] == 0 and not warm_up):
         raise RuntimeError(f"{url} with {body} at c={connections}: {result}")
     return Run(
         rps=result["requests"] / (result["duration_us"] / 1e6),
@@ -238,7 +240,7 @@ async def _answer(reader: asyncio.StreamReader) -> bytes:
 
 
 async def _python_load(
-    port: int, path: str, body: bytes | None, connections: int, duration: float
+    port: int, path: str, body: bytes | None, connections: int, duration: float, warm_up: bool
 ) -> Run:
     """wrk's measurement in asyncio, for machines without wrk: `connections` keep-alive
     connections sending one request after another for `duration` seconds."""
@@ -263,6 +265,8 @@ async def _python_load(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(connections)))
     elapsed = time.perf_counter() - started
+    if warm_up and not failures and not latencies:
+        return Run(0.0, 0.0, 0.0)
     if failures or not latencies:
         raise RuntimeError(f"{path} at c={connections}: {failures} failures, {len(latencies)} ok")
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000
@@ -270,13 +274,19 @@ async def _python_load(
 
 
 def load(
-    tool: str, server: "Server", path: str, body: Path | None, connections: int, duration: float
+    tool: str,
+    server: "Server",
+    path: str,
+    body: Path | None,
+    connections: int,
+    duration: float,
+    warm_up: bool = False,
 ) -> Run:
     """One measured run with `tool` (wrk, or the Python stand-in)."""
     if tool == "wrk":
-        return wrk(server.url + path, body, connections, duration)
+        return wrk(server.url + path, body, connections, duration, warm_up)
     data = body.read_bytes() if body is not None else None
-    return asyncio.run(_python_load(server.port, path, data, connections, duration))
+    return asyncio.run(_python_load(server.port, path, data, connections, duration, warm_up))
 
 
 async def _post_many(port: int, path: str, body: bytes, count: int, connections: int) -> None:
@@ -557,6 +567,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     """Run the benchmark; exit 1 if a server fails or the memory check fails."""
     args = parse_args()
+    # A SIGTERM (a timeout around the bench) unwinds like an error, so the servers are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.device = device = resolve_device(args.device)
     if args.reference:
         return run_reference(args)
@@ -662,7 +674,15 @@ def main() -> int:
             for scenario in scenarios:
                 server = servers[scenario.server]
                 body_path = payloads.get(scenario.payload)
-                load(args.load, server, scenario.path, body_path, scenario.connections, args.warmup)
+                load(
+                    args.load,
+                    server,
+                    scenario.path,
+                    body_path,
+                    scenario.connections,
+                    args.warmup,
+                    warm_up=True,
+                )
         for round_number in range(1, args.rounds + 1):
             print(f"round {round_number}/{args.rounds}", flush=True)
             # The in-process references run while the servers sit idle, each in a fresh process.
