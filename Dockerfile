@@ -1,20 +1,27 @@
 # syntax=docker/dockerfile:1
 # lenet-serve image: `docker compose up` (see docker-compose.yml), or
-#   docker build -t lenet-serve .                              # CUDA-capable torch (default)
-#   docker build -t lenet-serve:cpu --build-arg TORCH_VARIANT=cpu .   # CPU-only torch, far smaller
-# The default image runs on the GPU when the container is given one (`--gpus all`) and on the
-# CPU otherwise: LENET_DEVICE=auto picks CUDA only when torch can see a device.
+#   docker build -t lenet-serve:cpu .                                   # CPU-only torch (default)
+#   docker build -t lenet-serve:cu128 --build-arg TORCH_VARIANT=cu128 .  # CUDA 12.8 torch
+# A CUDA image runs on the GPU when the container is given one (`--gpus all`, or
+# docker-compose.gpu.yml) and on the CPU otherwise: LENET_DEVICE=auto picks CUDA only when torch
+# can see a device.
 
 # The base is an argument so that offline builds (scripts/podman_smoke.sh) can use a local one.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 
-# cuda: torch from PyPI, whose Linux x86_64 wheel pulls in NVIDIA's CUDA runtime wheels (GBs).
-# cpu: the same torch release built without CUDA, from PyTorch's CPU wheel index (a ~180 MB
-# wheel; the whole CPU image is ~1.4 GB).
-ARG TORCH_VARIANT=cuda
+# Which build of the torch release pinned in pyproject.toml (the driver each needs is NVIDIA's
+# "CUDA Toolkit and Corresponding Driver Versions" table; older drivers of the same CUDA major
+# run it through CUDA minor version compatibility, >= 525 for CUDA 12.x, none below 580 for 13.x):
+# cpu (default): PyTorch's CPU wheel index (a ~180 MB wheel; the whole image is ~1.4 GB).
+# cu126: CUDA 12.6 (its toolkit driver >= 560.28.03; runs on R525+, e.g. the R535 LTS branch).
+# cu128: CUDA 12.8 (>= 570.26; runs on R525+); the first CUDA 12 build for Blackwell GPUs.
+# cu130 (also `cuda`, its old name): PyPI's own wheel, CUDA 13.0, driver >= 580.65.06 (R580+).
+# The CUDA builds pull in NVIDIA's runtime wheels (several GB) from the same index.
+ARG TORCH_VARIANT=cpu
 ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -36,8 +43,9 @@ open('/tmp/torch.txt', 'w').write(''.join(d + '\n' for d in deps if name(d) == '
 open('/tmp/requirements.txt', 'w').write(''.join(d + '\n' for d in deps))" \
  && case "$TORCH_VARIANT" in \
       cpu) pip install --index-url "$TORCH_CPU_INDEX_URL" -r /tmp/torch.txt ;; \
-      cuda) pip install -r /tmp/torch.txt ;; \
-      *) echo "TORCH_VARIANT must be cpu or cuda, not '$TORCH_VARIANT'" >&2; exit 2 ;; \
+      cu126|cu128) pip install --index-url "$TORCH_INDEX_URL/$TORCH_VARIANT" -r /tmp/torch.txt ;; \
+      cu130|cuda) pip install -r /tmp/torch.txt ;; \
+      *) echo "TORCH_VARIANT must be cpu, cu126, cu128 or cu130, not '$TORCH_VARIANT'" >&2; exit 2 ;; \
     esac
 RUN pip install -r /tmp/requirements.txt
 
@@ -46,8 +54,12 @@ COPY models ./models
 # The client package is small, pure Python and needs nothing the server lacks; the `train` extra
 # (scikit-learn, tqdm) is left out, as it is not in `dependencies`.
 COPY lenet_client ./lenet_client
+# The build stops here if torch is not the variant asked for (pip found another wheel).
 RUN pip install --no-deps . \
- && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+ && python -c "import sys, torch; from app.device import torch_variant, variant_matches; \
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'variant', torch_variant()); \
+sys.exit(0 if variant_matches(sys.argv[1]) else 'torch is not a ' + sys.argv[1] + ' build')" \
+      "$TORCH_VARIANT"
 
 
 FROM ${PYTHON_IMAGE} AS runtime

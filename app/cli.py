@@ -9,6 +9,11 @@ from app.settings import Settings
 
 logger = logging.getLogger("lenet.cli")
 
+# Exit statuses of `lenet serve` besides 0: start-up failed (uvicorn's own 3), and the device
+# failed while serving, for good (the orchestrator restarts the service).
+STARTUP_FAILURE = 3
+DEVICE_FAILURE = 4
+
 
 def serve(args: argparse.Namespace) -> int:
     """Run the service with uvicorn; command-line options override LENET_ settings."""
@@ -28,20 +33,35 @@ def serve(args: argparse.Namespace) -> int:
     from app.guards import header_timeout_protocol
     from app.main import create_app  # after logging is set up, so start-up logs show
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        # httptools, as uvicorn[standard] picks, plus a deadline for each request's headers.
-        http=header_timeout_protocol(settings.header_timeout_s),
-        log_level=settings.log_level,
-        limit_concurrency=settings.limit_concurrency,
-        timeout_keep_alive=settings.timeout_keep_alive,
-        timeout_graceful_shutdown=settings.timeout_graceful_shutdown,
-        # Logging is configured above; the access log is the app's own (LENET_ACCESS_LOG).
-        log_config=None,
-        access_log=False,
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            # httptools, as uvicorn[standard] picks, plus a deadline for each request's headers.
+            http=header_timeout_protocol(settings.header_timeout_s),
+            log_level=settings.log_level,
+            limit_concurrency=settings.limit_concurrency,
+            timeout_keep_alive=settings.timeout_keep_alive,
+            timeout_graceful_shutdown=settings.timeout_graceful_shutdown,
+            # Logging is configured above; the access log is the app's own (LENET_ACCESS_LOG).
+            log_config=None,
+            access_log=False,
+        )
     )
+    engine = app.state.engine
+    if settings.exit_on_device_failure:
+        # A device that failed for good: drain and stop as on SIGTERM, then exit with status 4.
+        engine.on_device_failed = lambda _reason: setattr(server, "should_exit", True)
+    server.run()
+    if not server.started:
+        return STARTUP_FAILURE  # as uvicorn.run exits: the app did not start (no device, say)
+    if engine.device_failed is not None:
+        logger.critical(
+            "exiting with status %d: the device failed (%s)", DEVICE_FAILURE, engine.device_failed
+        )
+        return DEVICE_FAILURE
     return 0
 
 

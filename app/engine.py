@@ -26,6 +26,8 @@ import contextvars
 import functools
 import logging
 import math
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,12 +43,25 @@ from safetensors.torch import load as load_safetensors
 from app import inspection
 from app.batching import BatchObserver, PredictionBatcher
 from app.checkpoints import CheckpointError, CheckpointInfo, CheckpointStore, LoadedCheckpoint
-from app.device import configure, on_device_failure, resolve_device
-from app.errors import Conflict, InvalidInput, NonFiniteStep, NotFound, NotReady
+from app.device import (
+    configure,
+    device_answers,
+    is_device_error,
+    on_device_failure,
+    resolve_device,
+)
+from app.errors import (
+    Conflict,
+    DeviceUnavailable,
+    InvalidInput,
+    NonFiniteStep,
+    NotFound,
+    NotReady,
+)
 from app.follow import Follower, Publisher
 from app.observability import traced
 from app.optimizers import OptimizerConfig, SGDConfig, optimizer_config_adapter
-from app.prediction import Prediction, predict_batch
+from app.prediction import Forward, Prediction, bucket_sizes, predict_batch
 from app.resident import ResidentVersion, ResidentVersions
 from app.schemas import (
     BackwardResponse,
@@ -128,6 +143,11 @@ class Engine:
         self.last_loss: float | None = None
         self.steps_refused = 0
         self.weights_finite = True
+        # Set (to the error's first line) when the device failed for good: readiness is 503, no
+        # torch work runs any more, and `on_device_failed` stops the server (see `_guarded`).
+        self.device_failed: str | None = None
+        self.on_device_failed: Callable[[str], None] = self._stop_this_process
+        self._forward: Forward | None = None
         # The start-up weights count as saved: they come from a checkpoint or from the seed, so
         # shutting down without any change writes nothing (and never pins a seed's weights).
         self._saved_version = 0
@@ -172,7 +192,9 @@ class Engine:
             await self.follower.stop()
         self._started = False
         await self._batcher.stop()
-        if (
+        if self.device_failed is not None:
+            logger.error("no checkpoint on shutdown: the device failed, the weights are lost there")
+        elif (
             not self.is_predictor
             and self.settings.autosave_on_shutdown
             and self.version != self._saved_version
@@ -196,9 +218,46 @@ class Engine:
         """Run `fn` on the torch thread and wait for it without blocking the event loop."""
         loop = asyncio.get_running_loop()
         # The caller's context goes along: its request id in log lines, its span as the parent.
-        call = traced(fn, args, lambda: self.version)
+        call = traced(self._guarded(fn), args, lambda: self.version)
         run = functools.partial(contextvars.copy_context().run, call, *args, **kwargs)
         return await loop.run_in_executor(self._executor, run)
+
+    def _guarded(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """`fn` refused once the device has failed, and watched for a device failure: a CUDA
+        error after which the device no longer answers marks the engine failed (not ready, and
+        the server stops for its orchestrator to restart it); one after which it still answers
+        fails that call alone. Either way the caller gets a 503."""
+
+        @functools.wraps(fn)
+        def call(*args: P.args, **kwargs: P.kwargs) -> T:
+            if self.device_failed is not None:
+                raise DeviceUnavailable(f"the device failed ({self.device_failed}); restarting")
+            try:
+                return fn(*args, **kwargs)
+            except Exception as error:
+                if not is_device_error(error):
+                    raise
+                reason = str(error).strip().splitlines()[0][:300]
+                if device_answers(self.model, self.device, INPUT_SHAPE):
+                    logger.error("device error, but the device still answers: %s", reason)
+                    raise DeviceUnavailable(f"the device failed on this call: {reason}") from error
+                self.device_failed, self._started = reason, False
+                logger.critical(
+                    "the device %s failed and does not answer any more (%s); not ready, stopping "
+                    "so that the service is restarted",
+                    self.device,
+                    reason,
+                )
+                self.on_device_failed(reason)
+                raise DeviceUnavailable(f"the device failed ({reason}); restarting") from error
+
+        return call
+
+    def _stop_this_process(self, reason: str) -> None:
+        """The default `on_device_failed` (`lenet serve` sets its own): SIGTERM to this process,
+        which uvicorn takes as a graceful shutdown."""
+        if self.settings.exit_on_device_failure:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     async def _network_sized(self, images: torch.Tensor) -> torch.Tensor:
         """`images` (N, 1, H, W) at the network's 32x32; resizing is torch work, off the loop."""
@@ -211,13 +270,17 @@ class Engine:
         if self.settings.seed is not None:
             self._copy_weights(build_net(self.settings.seed).state_dict())
         self.model.to(self.device)
+        graphs = self.settings.cuda_graphs != "off" and self.device.type == "cuda"
+        self._forward = Forward(self.model, self.device, self.settings.inference_dtype, graphs)
         self._pinned.to(self.device)
         self._pinned_version = None
         self.resident = ResidentVersions(self.settings.keep_versions)  # this life's versions
         if self.is_predictor:  # no checkpoints, no version numbers of its own: the store's
             self.version = self.step = -1
-            self._model_info = inspection.describe_model(self.model, self.device)
-            self._predict_now(torch.zeros(1, *INPUT_SHAPE))  # warm-up (nothing is answered)
+            self._model_info = inspection.describe_model(
+                self.model, self.device, self.settings.inference_dtype
+            )
+            self._warm_up()  # nothing is answered yet
             return
         infos = self.checkpoints.list()
         # Every version in the store was answered: a trainer on the same store continues past
@@ -240,8 +303,10 @@ class Engine:
             seeded = self.settings.seed is not None
             self.version = self._saved_version = self.checkpoints.versions.initial(seeded)
         self.weights_finite = self._answers_are_finite()
-        self._model_info = inspection.describe_model(self.model, self.device)
-        self._predict_now(torch.zeros(1, *INPUT_SHAPE))  # warm-up: proves the model answers
+        self._model_info = inspection.describe_model(
+            self.model, self.device, self.settings.inference_dtype
+        )
+        self._warm_up()
         newest = self.resident.newest()
         if newest is None or newest.version != self.version:
             self._remember()
@@ -317,6 +382,29 @@ class Engine:
                     parameter.copy_(entry.tensors[name])
             self._pinned_version = entry.version
         return self._pinned, entry
+
+    def _warm_up(self) -> None:
+        """Log what computes, and prove the model answers: one image, or every batch bucket on
+        CUDA (capturing the CUDA graphs) and with LENET_WARMUP_BUCKETS=on."""
+        info, forward = self._model_info, self._forward
+        assert forward is not None, "made before the warm-up"
+        logger.info(
+            "torch %s, CUDA %s, on %s (%s), predictions in %s%s",
+            info["torch_version"],
+            info["cuda_version"],
+            self.device,
+            info["device_name"],
+            forward.dtype,
+            " with CUDA graphs" if forward.cuda_graphs else "",
+        )
+        choice = self.settings.warmup_buckets
+        if choice == "on" or (choice == "auto" and self.device.type == "cuda"):
+            limit = max(self.settings.max_batch_size, self.settings.batch_max_images)
+            sizes = bucket_sizes(limit)
+        else:
+            sizes = [1]
+        seconds = forward.warm_up(sizes, INPUT_SHAPE)
+        logger.info("warm-up: %d batch size(s) up to %d in %.2f s", len(sizes), sizes[-1], seconds)
 
     # ----------------------------------------------------------------- predictions
 
@@ -402,7 +490,9 @@ class Engine:
 
     @on_device_failure
     def _predict_now(self, images: torch.Tensor) -> Prediction:
-        return predict_batch(self.model, images, self.device, self.version, self.step)
+        return predict_batch(
+            self.model, images, self.device, self.version, self.step, self._forward
+        )
 
     def _notify_batch(self, images: int, waits: list[float], compute_s: float) -> None:
         for observer in self.batch_observers:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from app.device import device_facts
 from models.lenet import INPUT_SHAPE, LAYER_NAMES, NUM_CLASSES, Net
 
 STAT_NAMES = ("mean", "std", "min", "max", "norm")
@@ -81,8 +82,11 @@ def parameters_report(
     return entries
 
 
-def describe_model(model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
-    """GET /model without the counters: `print(net)`, each layer's output shape for one image."""
+def describe_model(
+    model: torch.nn.Module, device: torch.device, inference_dtype: str = "float32"
+) -> dict[str, Any]:
+    """GET /model without the counters: `print(net)`, each layer's output shape for one image,
+    and what computes it (torch, CUDA, the device's name)."""
     shapes: dict[str, list[int]] = {}
     hooks = [
         getattr(model, name).register_forward_hook(
@@ -115,6 +119,8 @@ def describe_model(model: torch.nn.Module, device: torch.device) -> dict[str, An
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
         "dtype": "float32",
+        "inference_dtype": inference_dtype,
+        **device_facts(device),
     }
 
 

@@ -236,6 +236,14 @@ class ModelResponse(BaseModel):
     parameters: int
     device: str
     dtype: str
+    inference_dtype: str = Field(
+        description="the dtype of the prediction pass (LENET_INFERENCE_DTYPE)"
+    )
+    device_name: str = Field(description="the GPU's name, or the CPU's model")
+    torch_version: str
+    cuda_version: str | None = Field(
+        description="the CUDA torch was built for; null on a CPU build"
+    )
     version: int
     step: int
 

@@ -102,6 +102,18 @@ class Settings(BaseSettings):
     batch_max_images: Annotated[int, Field(ge=1)] = 256
     batch_max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 1.0
 
+    # The GPU (and the CPU) path of predictions; see app.prediction and the README's GPU section.
+    # bfloat16 runs the prediction pass under autocast (weights and training stay float32).
+    inference_dtype: Literal["float32", "bfloat16"] = "float32"
+    # One CUDA graph per batch bucket; auto: on when the device is CUDA (no effect on the CPU).
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    # Run every batch bucket once at start-up; auto: on CUDA (where it also captures the graphs),
+    # not on the CPU, where it costs start-up time and memory for shapes that may never come.
+    warmup_buckets: Literal["auto", "on", "off"] = "auto"
+    # After a device failure that does not go away (a sticky CUDA error), stop the server so
+    # that its orchestrator restarts it (`lenet serve` then exits with status 3).
+    exit_on_device_failure: bool = True
+
     # Threads torch may use for one operation; unset, torch's default (one per core). On a host
     # busy with other work, fewer can pay off: idle OpenMP workers spin on the event loop's core.
     torch_threads: Annotated[int | None, Field(ge=1)] = None

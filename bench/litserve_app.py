@@ -1,7 +1,8 @@
 """LeNet on LitServe with dynamic batching, for comparison (runs in .venv-bench).
 
 Usage: `python bench/litserve_app.py PORT`. The same network and seed as lenet-serve, the same
-request body (`{"inputs": [[...32x32...]]}`, one image) and the same answer fields.
+request body (`{"inputs": [[...32x32...]]}`, one image) and the same answer fields, on the
+device LENET_DEVICE names (cpu by default; cuda for LitServe's CUDA accelerator, one GPU).
 """
 
 import os
@@ -57,7 +58,8 @@ def main() -> None:
     """Serve on 127.0.0.1:PORT with one inference worker, batching as configured above."""
     port = int(sys.argv[1])
     api = LeNetAPI(max_batch_size=MAX_BATCH_SIZE, batch_timeout=BATCH_TIMEOUT_S)
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
+    accelerator = "cuda" if os.environ.get("LENET_DEVICE", "cpu").startswith("cuda") else "cpu"
+    server = ls.LitServer(api, accelerator=accelerator, devices=1, workers_per_device=1)
     server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")
 
 

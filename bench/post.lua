@@ -1,6 +1,10 @@
--- wrk script: POST the file named by the first script argument as application/json, and print
--- one JSON line of results (latencies in microseconds) for bench/run.py to read.
+-- wrk script: POST the file named by the first script argument as application/json (a GET
+-- without a body when there is none), and print one JSON line of results (latencies in
+-- microseconds) for bench/run.py to read.
 function init(args)
+  if args[1] == nil or args[1] == "" then
+    return
+  end
   local file = assert(io.open(args[1], "rb"))
   wrk.method = "POST"
   wrk.body = file:read("*a")

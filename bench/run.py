@@ -5,16 +5,18 @@ LitServe from its own virtualenv, `.venv-bench`), drives each with wrk for a fix
 scenario, interleaving the servers within each round so that they see the same machine, and
 prints medians over the rounds, the ratios the project targets, and a markdown table. It also
 times the same work done in-process with torch (a forward pass at batch 256, an SGD step at
-batch 64) and checks lenet-serve's memory over 10,000 predictions.
+batch 64), each in a fresh process with torch's default threads, best of several windows, and
+checks lenet-serve's memory over 10,000 predictions. Every server and reference computes on
+--device (LENET_DEVICE, else auto: CUDA when torch sees a GPU), and the report says which.
 
 Usage: `python bench/run.py [--rounds 3] [--duration 5] [--markdown results.md]`; see --help.
-Everything it sends is bounded in time or count and goes to 127.0.0.1 only.
+Everything it sends is bounded in time or count and goes to 127.0.0.1 only. Without wrk, a
+Python load generator stands in (--load python; the report says so: it saturates sooner).
 """
 
 import argparse
 import asyncio
 import base64
-import functools
 import json
 import os
 import platform
@@ -45,8 +47,8 @@ from models.lenet import build_net  # noqa: E402
 SEED = 0
 LUA = ROOT / "bench" / "post.lua"
 LITSERVE_APP = ROOT / "bench" / "litserve_app.py"
-MEMORY_REQUESTS = 10_000
 MEMORY_GROWTH_LIMIT = 0.10
+REFERENCE_WINDOWS = 3  # timed windows per in-process reference; the best one counts
 SERVER_ORDER = ("lenet", "naive", "litserve", "lenet-torch-default")
 
 
@@ -182,8 +184,11 @@ class Run:
     p99_ms: float
 
 
-def wrk(url: str, body: Path, connections: int, duration: float) -> Run:
-    """POST `body` to `url` over `connections` keep-alive connections for `duration` seconds."""
+def wrk(
+    url: str, body: Path | None, connections: int, duration: float, warm_up: bool = False
+) -> Run:
+    """POST `body` (GET when None) to `url` over `connections` keep-alive connections for
+    `duration` seconds (a warm-up may see no request finish in time)."""
     command = [
         "wrk",
         "-t1",  # one wrk thread is ample for these rates and leaves the other core to the server
@@ -195,7 +200,7 @@ def wrk(url: str, body: Path, connections: int, duration: float) -> Run:
         str(LUA),
         url,
         "--",
-        str(body),
+        str(body) if body is not None else "",
     ]
     output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
     line = next((x for x in output.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -203,8 +208,8 @@ def wrk(url: str, body: Path, connections: int, duration: float) -> Run:
         raise RuntimeError(f"wrk failed on {url}:\n{output.stdout}\n{output.stderr}")
     result = json.loads(line[len("RESULT ") :])
     failures = result["socket_errors"] + result["non_2xx"] + result["timeouts"]
-    if failures or result["requests"] == 0:
-        raise RuntimeError(f"{url} with {body.name} at c={connections}: {result}")
+    if failures or (result["requests"] == 0 and not warm_up):
+        raise RuntimeError(f"{url} with {body} at c={connections}: {result}")
     return Run(
         rps=result["requests"] / (result["duration_us"] / 1e6),
         p50_ms=result["p50_us"] / 1000,
@@ -212,12 +217,81 @@ def wrk(url: str, body: Path, connections: int, duration: float) -> Run:
     )
 
 
-async def _post_many(port: int, path: str, body: bytes, count: int, connections: int) -> None:
-    """Send `count` POSTs over keep-alive connections; fail on anything but 200."""
-    request = (
+def _request_bytes(path: str, body: bytes | None) -> bytes:
+    """One keep-alive HTTP/1.1 request: a JSON POST of `body`, or a GET when it is None."""
+    if body is None:
+        return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    return (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+
+
+async def _answer(reader: asyncio.StreamReader) -> bytes:
+    """Read one response off `reader`; its status line and headers (the body is drained)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    return head
+
+
+async def _python_load(
+    port: int, path: str, body: bytes | None, connections: int, duration: float, warm_up: bool
+) -> Run:
+    """wrk's measurement in asyncio, for machines without wrk: `connections` keep-alive
+    connections sending one request after another for `duration` seconds."""
+    request = _request_bytes(path, body)
+    latencies: list[float] = []
+    failures = 0
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        nonlocal failures
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < deadline:
+                sent = time.perf_counter()
+                writer.write(request)
+                head = await _answer(reader)
+                latencies.append(time.perf_counter() - sent)
+                failures += not head.startswith(b"HTTP/1.1 200")
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    elapsed = time.perf_counter() - started
+    if warm_up and not failures and not latencies:
+        return Run(0.0, 0.0, 0.0)
+    if failures or not latencies:
+        raise RuntimeError(f"{path} at c={connections}: {failures} failures, {len(latencies)} ok")
+    p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+    return Run(rps=len(latencies) / elapsed, p50_ms=float(p50), p99_ms=float(p99))
+
+
+def load(
+    tool: str,
+    server: "Server",
+    path: str,
+    body: Path | None,
+    connections: int,
+    duration: float,
+    warm_up: bool = False,
+) -> Run:
+    """One measured run with `tool` (wrk, or the Python stand-in)."""
+    if tool == "wrk":
+        return wrk(server.url + path, body, connections, duration, warm_up)
+    data = body.read_bytes() if body is not None else None
+    return asyncio.run(_python_load(server.port, path, data, connections, duration, warm_up))
+
+
+async def _post_many(port: int, path: str, body: bytes, count: int, connections: int) -> None:
+    """Send `count` POSTs over keep-alive connections; fail on anything but 200."""
+    request = _request_bytes(path, body)
     shares = [count // connections + (i < count % connections) for i in range(connections)]
 
     async def worker(share: int) -> None:
@@ -225,15 +299,9 @@ async def _post_many(port: int, path: str, body: bytes, count: int, connections:
         try:
             for _ in range(share):
                 writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
+                head = await _answer(reader)
                 if not head.startswith(b"HTTP/1.1 200"):
                     raise RuntimeError(f"unexpected answer: {head[:200]!r}")
-                length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                await reader.readexactly(length)
         finally:
             writer.close()
 
@@ -243,54 +311,89 @@ async def _post_many(port: int, path: str, body: bytes, count: int, connections:
 # ----------------------------------------------------------------------------- in-process
 
 
-def _rate(fn: Callable[[], None], seconds: float) -> float:
-    """Calls of `fn` per second, after a short warm-up, over about `seconds`."""
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; the CPU does not)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rate(fn: Callable[[], None], seconds: float, device: torch.device) -> float:
+    """Calls of `fn` per second over the best of REFERENCE_WINDOWS windows of `seconds` each,
+    after a warm-up; the device's queue is drained at both ends of every window."""
     for _ in range(5):
         fn()
-    calls, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        fn()
-        calls += 1
-    return calls / elapsed
+    best = 0.0
+    for _ in range(REFERENCE_WINDOWS):
+        _synchronize(device)
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn()
+            calls += 1
+        _synchronize(device)
+        best = max(best, calls / (time.perf_counter() - start))
+    return best
 
 
-def best_of_threads(measure: Callable[[], float], threads: list[int]) -> tuple[float, int]:
-    """The highest rate `measure` reaches over torch intra-op thread counts, and that count."""
-    default = torch.get_num_threads()
-    results = []
-    for count in dict.fromkeys(threads):
-        torch.set_num_threads(count)
-        results.append((measure(), count))
-    torch.set_num_threads(default)
-    return max(results)
-
-
-def inprocess_forward_rate(batch: int, seconds: float) -> float:
-    """Images per second of `model(x)` at `batch`, under inference_mode."""
-    model = build_net(SEED)
-    images = torch.rand(batch, 1, 32, 32)
+def inprocess_forward_rate(batch: int, seconds: float, device: torch.device) -> float:
+    """Images per second of `model(x)` at `batch`, under inference_mode, inputs on the device."""
+    model = build_net(SEED).to(device)
+    images = torch.rand(batch, 1, 32, 32, device=device)
 
     def forward() -> None:
         with torch.inference_mode():
             model(images)
 
-    return _rate(forward, seconds) * batch
+    return _rate(forward, seconds, device) * batch
 
 
-def inprocess_step_rate(batch: int, seconds: float) -> float:
+def inprocess_step_rate(batch: int, seconds: float, device: torch.device) -> float:
     """SGD steps per second (zero_grad, forward, cross_entropy, backward, step) at `batch`."""
-    model = build_net(SEED)
+    model = build_net(SEED).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    images = torch.rand(batch, 1, 32, 32)
-    targets = torch.randint(0, 10, (batch,))
+    images = torch.rand(batch, 1, 32, 32, device=device)
+    targets = torch.randint(0, 10, (batch,), device=device)
 
     def step() -> None:
         optimizer.zero_grad()
         loss = F.cross_entropy(model(images), targets)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
 
-    return _rate(step, seconds)
+    return _rate(step, seconds, device)
+
+
+REFERENCES: dict[str, tuple[Callable[[int, float, torch.device], float], int]] = {
+    "forward": (inprocess_forward_rate, 256),
+    "step": (inprocess_step_rate, 64),
+}
+
+
+def reference_in_fresh_process(
+    name: str, seconds: float, device: str, threads: int | None
+) -> tuple[float, int]:
+    """Run one in-process reference in a new Python process (torch's default threads unless
+    `threads`), so that nothing of this process (its threads, its servers' clients) weighs on
+    it; its rate and the thread count it ran with."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--reference", name]
+    command += ["--device", device, "--duration", str(seconds)]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    if threads:
+        command += ["--torch-threads", str(threads)]
+    output = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    if output.returncode != 0:
+        raise RuntimeError(f"reference {name} failed:\n{output.stderr[-3000:]}")
+    result = json.loads(output.stdout.strip().splitlines()[-1])
+    return float(result["rate"]), int(result["threads"])
+
+
+def run_reference(args: argparse.Namespace) -> int:
+    """`--reference NAME`: print one reference's rate as a JSON line (see above)."""
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    measure, batch = REFERENCES[args.reference]
+    rate = measure(batch, args.duration, torch.device(args.device))
+    print(json.dumps({"rate": rate, "threads": torch.get_num_threads()}))
+    return 0
 
 
 # ----------------------------------------------------------------------------- plan
@@ -312,6 +415,10 @@ def plan(servers: list[str]) -> list[Scenario]:
     """Every scenario, in the order each round runs them (servers interleaved per case)."""
     scenarios = []
     for connections in (1, 16, 64):
+        # The ceiling of the HTTP stack: the same server answering a tiny JSON, no torch.
+        scenarios.append(
+            Scenario(f"lenet healthz GET c{connections}", "lenet", "/healthz", "", connections, 0)
+        )
         for server in servers:
             scenarios.append(
                 Scenario(
@@ -360,10 +467,17 @@ def median_run(runs: list[Run]) -> Run:
     )
 
 
-def device_name() -> str:
-    """What the in-process reference and the servers compute on."""
-    if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)}"
+def resolve_device(name: str) -> str:
+    """The device for --device: auto is CUDA when torch sees a GPU; CUDA asked for must exist."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}, but torch {torch.__version__} sees no CUDA device")
+    return name
+
+
+def cpu_name() -> str:
+    """The host CPU's model and core count."""
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -372,7 +486,19 @@ def device_name() -> str:
                 break
     except OSError:
         pass
-    return f"cpu: {model}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def device_name(device: str) -> str:
+    """What the servers and the in-process references compute on, truthfully: the GPU only when
+    the run uses it."""
+    if device.startswith("cuda"):
+        gpu = torch.cuda.get_device_name(torch.device(device))
+        return (
+            f"{device}: {gpu} (torch {torch.__version__}, CUDA {torch.version.cuda}); "
+            f"host cpu: {cpu_name()}"
+        )
+    return f"cpu: {cpu_name()}, torch {torch.__version__}"
 
 
 @contextmanager
@@ -408,7 +534,25 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="skip lenet-serve with torch's default threads",
     )
-    parser.add_argument("--device", default="cpu", help="LENET_DEVICE for lenet-serve")
+    parser.add_argument(
+        "--device",
+        default=os.environ.get("LENET_DEVICE", "auto"),
+        help="where every server and reference computes (default: LENET_DEVICE, else auto: "
+        "CUDA when torch sees a GPU, else the CPU)",
+    )
+    parser.add_argument(
+        "--load",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: wrk, or a Python stand-in (auto: wrk when installed)",
+    )
+    parser.add_argument(
+        "--memory-requests",
+        type=int,
+        default=10_000,
+        help="predictions sent before the memory check",
+    )
+    parser.add_argument("--reference", choices=sorted(REFERENCES), help=argparse.SUPPRESS)
     parser.add_argument(
         "--torch-threads",
         type=int,
@@ -423,12 +567,20 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     """Run the benchmark; exit 1 if a server fails or the memory check fails."""
     args = parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
+    # A SIGTERM (a timeout around the bench) unwinds like an error, so the servers are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    args.device = device = resolve_device(args.device)
+    if args.reference:
+        return run_reference(args)
+    if args.load == "auto":
+        args.load = "wrk" if shutil.which("wrk") else "python"
+    if args.load == "wrk" and shutil.which("wrk") is None:
+        print(
+            "wrk is not installed (apt-get install -y wrk), or use --load python", file=sys.stderr
+        )
         return 1
     work = Path(tempfile.mkdtemp(prefix="lenet-bench-"))
     payloads = make_payloads(work)
-    device = args.device
     # The same torch threading for every server: torch's default unless --torch-threads says
     # otherwise (on a machine busy with other work, fewer threads than cores can pay off).
     threads = (
@@ -440,7 +592,8 @@ def main() -> int:
     servers = {
         "lenet": Server(
             "lenet-serve",
-            [str(Path(sys.executable).with_name("lenet")), "serve", "--port", "{port}"],
+            # `lenet serve` itself, without needing its console script on PATH.
+            [sys.executable, "-m", "app.cli", "serve", "--port", "{port}"],
             base_env(
                 LENET_SEED=str(SEED),
                 LENET_DEVICE=device,
@@ -469,7 +622,7 @@ def main() -> int:
                 "--log-level",
                 "warning",
             ],
-            base_env(LENET_SEED=str(SEED), **threads),
+            base_env(LENET_SEED=str(SEED), LENET_DEVICE=device, **threads),
             "/openapi.json",
             work / "naive.log",
         )
@@ -480,7 +633,7 @@ def main() -> int:
         servers["litserve"] = Server(
             "LitServe",
             [args.bench_python, str(LITSERVE_APP), "{port}"],
-            base_env(LENET_SEED=str(SEED), **threads),
+            base_env(LENET_SEED=str(SEED), LENET_DEVICE=device, **threads),
             "/health",
             work / "litserve.log",
         )
@@ -494,9 +647,12 @@ def main() -> int:
             work / "lenet-torch-default.log",
         )
 
-    # The in-process reference gets the better of the servers' thread count and torch's default.
-    reference_threads = [args.torch_threads or torch.get_num_threads(), torch.get_num_threads()]
-    print(f"device: {device_name()}; server torch threads: {args.torch_threads or 'default'}")
+    # The in-process reference gets the better of torch's default and the servers' threads.
+    reference_threads = list(dict.fromkeys([None, args.torch_threads or None]))
+    print(
+        f"device: {device_name(device)}; server torch threads: {args.torch_threads or 'default'}; "
+        f"load: {args.load}"
+    )
     scenarios = plan(list(servers))
     results: dict[str, list[Run]] = {s.key: [] for s in scenarios}
     forward_rates: list[tuple[float, int]] = []
@@ -507,34 +663,45 @@ def main() -> int:
         lenet = servers["lenet"]
         time.sleep(1)
         memory["idle"] = lenet.rss_mib()
-        print(f"lenet-serve idle RSS {memory['idle']:.1f} MiB; {MEMORY_REQUESTS} predictions...")
+        count = args.memory_requests
+        print(f"lenet-serve idle RSS {memory['idle']:.1f} MiB; {count} predictions...")
         body = payloads["predict_json_1"].read_bytes()
-        asyncio.run(_post_many(lenet.port, "/predict", body, MEMORY_REQUESTS, 16))
+        asyncio.run(_post_many(lenet.port, "/predict", body, count, 16))
         memory["after"] = lenet.rss_mib()
-        print(f"lenet-serve RSS after {MEMORY_REQUESTS} predictions {memory['after']:.1f} MiB")
+        print(f"lenet-serve RSS after {count} predictions {memory['after']:.1f} MiB")
 
         if args.warmup > 0:
             for scenario in scenarios:
                 server = servers[scenario.server]
-                wrk(
-                    server.url + scenario.path,
-                    payloads[scenario.payload],
+                body_path = payloads.get(scenario.payload)
+                load(
+                    args.load,
+                    server,
+                    scenario.path,
+                    body_path,
                     scenario.connections,
                     args.warmup,
+                    warm_up=True,
                 )
         for round_number in range(1, args.rounds + 1):
             print(f"round {round_number}/{args.rounds}", flush=True)
-            # The in-process references run while the servers sit idle.
-            seconds = args.duration / 2
-            forward = functools.partial(inprocess_forward_rate, 256, seconds)
-            forward_rates.append(best_of_threads(forward, reference_threads))
-            step = functools.partial(inprocess_step_rate, 64, seconds)
-            step_rates.append(best_of_threads(step, reference_threads))
+            # The in-process references run while the servers sit idle, each in a fresh process.
+            seconds = args.duration / REFERENCE_WINDOWS
+            for name, rates in (("forward", forward_rates), ("step", step_rates)):
+                rates.append(
+                    max(
+                        reference_in_fresh_process(name, seconds, device, threads)
+                        for threads in reference_threads
+                    )
+                )
             for scenario in scenarios:
                 server = servers[scenario.server]
-                run = wrk(
-                    server.url + scenario.path,
-                    payloads[scenario.payload],
+                body_path = payloads.get(scenario.payload)
+                run = load(
+                    args.load,
+                    server,
+                    scenario.path,
+                    body_path,
                     scenario.connections,
                     args.duration,
                 )
@@ -578,18 +745,20 @@ def report(
 ) -> str:
     """The results as markdown: throughput and latency per case, then the targets."""
     lines = [
-        f"Machine: {device_name()}; lenet-serve on `{args.device}`; torch threads per server: "
-        f"{args.torch_threads or 'default'}. {args.rounds} rounds x {args.duration:g} s per "
-        f"case, medians; wrk -t1; bench took {elapsed:.0f} s.",
+        f"Machine: {device_name(args.device)}; every server and reference on `{args.device}`; "
+        f"torch threads per server: {args.torch_threads or 'default'}. {args.rounds} rounds x "
+        f"{args.duration:g} s per case, medians; "
+        f"{'wrk -t1' if args.load == 'wrk' else 'Python load generator (not wrk)'}; "
+        f"bench took {elapsed:.0f} s.",
         "",
         "| case | req/s | images/s | p50 ms | p99 ms |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for scenario in plan([s for s in SERVER_ORDER if f"{s} predict json c1" in medians]):
         run = medians[scenario.key]
+        images = f"{run.rps * scenario.images:.0f}" if scenario.images else ""
         lines.append(
-            f"| {scenario.key} | {run.rps:.0f} | {run.rps * scenario.images:.0f} | "
-            f"{run.p50_ms:.2f} | {run.p99_ms:.2f} |"
+            f"| {scenario.key} | {run.rps:.0f} | {images} | {run.p50_ms:.2f} | {run.p99_ms:.2f} |"
         )
     lines += [
         f"| in-process forward, batch 256 | | {forward_rate:.0f} | | |",
@@ -626,7 +795,7 @@ def report(
     growth = memory["after"] / memory["idle"] - 1
     lines += [
         "",
-        f"Memory: lenet-serve idle RSS {memory['idle']:.1f} MiB, after {MEMORY_REQUESTS:,} "
+        f"Memory: lenet-serve idle RSS {memory['idle']:.1f} MiB, after {args.memory_requests:,} "
         f"predictions {memory['after']:.1f} MiB ({growth:+.1%}; limit +10%: "
         f"{'met' if growth <= MEMORY_GROWTH_LIMIT else 'NOT met'}).",
     ]

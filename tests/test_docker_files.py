@@ -22,6 +22,7 @@ from typing import Any
 
 import compose
 import pytest
+import torch
 
 from app.settings import Settings
 from tests.server import free_port
@@ -54,7 +55,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("LENET_", "COMPOSE_", "TORCH_VARIANT", "DOCKER_"))
+        if not key.startswith(("LENET_", "COMPOSE_", "TORCH_", "DOCKER_"))
     }
     env.update(extra)
     return env
@@ -220,8 +221,10 @@ def test_compose_runs_without_a_dotenv(tmp_path: Path) -> None:
             "protocol": "tcp",
         }
     ]
-    assert service["build"]["args"] == {"TORCH_VARIANT": "cuda"}
-    assert service["image"] == "lenet-serve:cuda"
+    # No GPU reaches the container without the GPU file: the small CPU-only image.
+    assert service["build"]["args"] == {"TORCH_VARIANT": "cpu"}
+    assert service["image"] == "lenet-serve:cpu"
+    assert "deploy" not in service
     # Unset pass-through settings stay unset in the container (the image defaults apply).
     assert service["environment"]["LENET_API_TOKEN"] is None
     assert service["environment"]["LENET_SEED"] is None
@@ -231,7 +234,7 @@ def test_dotenv_moves_the_host_port_but_not_the_container_layout(tmp_path: Path)
     """A .env written for a local run changes the published port; the container keeps its own."""
     dotenv = (
         "LENET_PORT=9123\nLENET_HOST=127.0.0.1\nLENET_CHECKPOINT_DIR=./checkpoints\n"
-        "LENET_SEED=7\nLENET_API_TOKEN=token-from-dotenv\nLENET_LR=0.05\nTORCH_VARIANT=cpu\n"
+        "LENET_SEED=7\nLENET_API_TOKEN=token-from-dotenv\nLENET_LR=0.05\nTORCH_VARIANT=cu126\n"
     )
     service = resolved_config(tmp_path, COMPOSE_FILES[0], dotenv=dotenv)["services"]["lenet"]
     (port,) = service["ports"]
@@ -243,8 +246,8 @@ def test_dotenv_moves_the_host_port_but_not_the_container_layout(tmp_path: Path)
     assert env["LENET_SEED"] == "7"
     assert env["LENET_API_TOKEN"] == "token-from-dotenv"
     assert env["LENET_LR"] == "0.05"  # from env_file: every setting in .env reaches the server
-    assert service["build"]["args"] == {"TORCH_VARIANT": "cpu"}
-    assert service["image"] == "lenet-serve:cpu"
+    assert service["build"]["args"] == {"TORCH_VARIANT": "cu126"}
+    assert service["image"] == "lenet-serve:cu126"
 
 
 def test_shell_variables_reach_the_container(tmp_path: Path) -> None:
@@ -270,7 +273,7 @@ def test_env_example_names_only_real_settings() -> None:
     documented = set(re.findall(r"^# ?([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE))
     settings = {f"LENET_{name.upper()}" for name in Settings.model_fields}
     assert {"LENET_API_TOKEN", "LENET_DEVICE", "LENET_PORT", "TORCH_VARIANT"} <= documented
-    assert documented - settings == {"TORCH_VARIANT", "COMPOSE_FILE"}
+    assert documented - settings == {"TORCH_VARIANT", "TORCH_CUDA_VARIANT", "COMPOSE_FILE"}
 
 
 def test_checkpoints_live_in_a_named_volume(
@@ -300,20 +303,26 @@ def test_service_stops_gracefully(tmp_path: Path) -> None:
 
 
 def test_gpu_override_reserves_nvidia_gpus(tmp_path: Path) -> None:
-    """The GPU file asks for every NVIDIA GPU, the CUDA build, and refuses a CPU fallback."""
+    """The GPU file asks for every NVIDIA GPU, the CUDA 12.8 build (it runs on R525+ drivers),
+    and refuses a CPU fallback."""
     service = resolved_config(tmp_path, *COMPOSE_FILES)["services"]["lenet"]
     devices = service["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}]  # -1: all
-    assert service["build"]["args"] == {"TORCH_VARIANT": "cuda"}
+    assert service["build"]["args"] == {"TORCH_VARIANT": "cu128"}
+    assert service["image"] == "lenet-serve:cu128"
     assert service["environment"]["LENET_DEVICE"] == "cuda"
     assert service["ports"][0]["host_ip"] == "127.0.0.1"
 
 
 def test_gpu_override_keeps_cuda_even_when_dotenv_says_cpu(tmp_path: Path) -> None:
-    """TORCH_VARIANT=cpu in .env cannot produce a CPU-only image under the GPU file."""
+    """TORCH_VARIANT=cpu in .env cannot produce a CPU-only image under the GPU file, whose own
+    TORCH_CUDA_VARIANT picks the CUDA build."""
     config = resolved_config(tmp_path, *COMPOSE_FILES, dotenv="TORCH_VARIANT=cpu\n")
-    assert config["services"]["lenet"]["build"]["args"] == {"TORCH_VARIANT": "cuda"}
-    assert config["services"]["lenet"]["image"] == "lenet-serve:cuda"
+    assert config["services"]["lenet"]["build"]["args"] == {"TORCH_VARIANT": "cu128"}
+    assert config["services"]["lenet"]["image"] == "lenet-serve:cu128"
+    dotenv = "TORCH_VARIANT=cpu\nTORCH_CUDA_VARIANT=cu130\n"
+    config = resolved_config(tmp_path, *COMPOSE_FILES, dotenv=dotenv)
+    assert config["services"]["lenet"]["build"]["args"] == {"TORCH_VARIANT": "cu130"}
 
 
 # --- the Dockerfile ----------------------------------------------------------------------------
@@ -325,7 +334,7 @@ def test_dockerfile_is_multi_stage_on_slim_python(dockerfile: list[tuple[str, st
     assert re.fullmatch(r"python:3\.11-slim(-\w+)?", arguments["PYTHON_IMAGE"])
     froms = only(dockerfile, "FROM")
     assert froms == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE} AS runtime"]
-    assert arguments["TORCH_VARIANT"] == "cuda"  # so the default image can use a GPU
+    assert arguments["TORCH_VARIANT"] == "cpu"  # as docker-compose.yml builds it
 
 
 def test_runtime_runs_lenet_serve_as_non_root(runtime_stage: list[tuple[str, str]]) -> None:
@@ -444,19 +453,75 @@ def test_server_image_leaves_out_the_train_extra(
     assert installs, "the builder installs something"
     for command in installs:
         assert (
-            re.fullmatch(r'(--index-url "\$TORCH_CPU_INDEX_URL" )?-r /tmp/\w+\.txt', command)
+            re.fullmatch(
+                r'(--index-url "\$(TORCH_CPU_INDEX_URL|TORCH_INDEX_URL/\$TORCH_VARIANT)" )?'
+                r"-r /tmp/\w+\.txt",
+                command,
+            )
             or command == "--no-deps ."
         ), command
 
 
 def test_torch_variant_picks_the_index(dockerfile: list[tuple[str, str]]) -> None:
-    """cpu uses PyTorch's CPU wheel index; cuda the default index; anything else stops."""
-    (run_line,) = [args for args in only(dockerfile, "RUN") if "TORCH_VARIANT" in args]
+    """cpu uses PyTorch's CPU wheel index, cu126 and cu128 PyTorch's index for them, cu130 (and
+    its old name cuda) PyPI's wheel; anything else stops the build."""
+    (run_line,) = [args for args in only(dockerfile, "RUN") if "case" in args]
     assert re.search(r'cpu\) pip install --index-url "\$TORCH_CPU_INDEX_URL" -r', run_line)
-    assert re.search(r"cuda\) pip install -r /tmp/torch\.txt ;;", run_line)
+    assert re.search(
+        r'cu126\|cu128\) pip install --index-url "\$TORCH_INDEX_URL/\$TORCH_VARIANT" -r', run_line
+    )
+    assert re.search(r"cu130\|cuda\) pip install -r /tmp/torch\.txt ;;", run_line)
     assert re.search(r"\*\) .*exit [1-9]", run_line)
     args = dict(arg.split("=", 1) for arg in only(dockerfile, "ARG") if "=" in arg)
     assert args["TORCH_CPU_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl"
+
+
+@pytest.mark.parametrize("variant", ["cpu", "cu126", "cu128", "cu130", "cuda", "cu118", ""])
+def test_torch_variant_case_runs_as_the_build_would(tmp_path: Path, variant: str) -> None:
+    """The builder's `case` itself, run by sh with `pip` recording what it was asked: the index
+    each variant installs from, and a clear stop on an unknown one."""
+    instructions = dockerfile_instructions((ROOT / "Dockerfile").read_text())
+    (run_line,) = [args for args in only(instructions, "RUN") if "case" in args]
+    case = run_line[run_line.index("case ") :]
+    (tmp_path / "pip").write_text('#!/bin/sh\necho "pip $*"\n')
+    (tmp_path / "pip").chmod(0o755)
+    env = clean_env(
+        PATH=f"{tmp_path}:{os.environ['PATH']}",
+        TORCH_VARIANT=variant,
+        TORCH_CPU_INDEX_URL="https://download.pytorch.org/whl/cpu",
+        TORCH_INDEX_URL="https://download.pytorch.org/whl",
+    )
+    result = run("sh", "-c", case, env=env)
+    expected = {
+        "cpu": "pip install --index-url https://download.pytorch.org/whl/cpu -r /tmp/torch.txt",
+        "cu126": "pip install --index-url https://download.pytorch.org/whl/cu126 -r /tmp/torch.txt",
+        "cu128": "pip install --index-url https://download.pytorch.org/whl/cu128 -r /tmp/torch.txt",
+        "cu130": "pip install -r /tmp/torch.txt",
+        "cuda": "pip install -r /tmp/torch.txt",
+    }
+    if variant in expected:
+        assert (result.returncode, result.stdout.strip()) == (0, expected[variant])
+    else:
+        assert result.returncode == 2 and result.stdout == ""
+        assert f"TORCH_VARIANT must be cpu, cu126, cu128 or cu130, not '{variant}'" in result.stderr
+
+
+def test_build_checks_the_torch_it_installed(dockerfile: list[tuple[str, str]]) -> None:
+    """The builder's last step refuses a torch of another variant than TORCH_VARIANT, with the
+    check the service itself uses (app.device.variant_matches)."""
+    (check,) = [args for args in only(dockerfile, "RUN") if "variant_matches" in args]
+    tokens = shlex.split(check)
+    code = tokens[tokens.index("-c") + 1]
+    assert tokens[-1] == "$TORCH_VARIANT"
+    here = (
+        "cpu" if torch.version.cuda is None else "cu" + "".join(torch.version.cuda.split(".")[:2])
+    )
+    other = "cu128" if here == "cpu" else "cpu"
+    ok = run(sys.executable, "-c", code, here, cwd=ROOT)
+    assert ok.returncode == 0 and f"variant {here}" in ok.stdout, ok.stderr
+    wrong = run(sys.executable, "-c", code, other, cwd=ROOT)
+    assert wrong.returncode == 1 and f"torch is not a {other} build" in wrong.stderr
 
 
 def test_dockerignore_admits_only_what_the_build_copies(

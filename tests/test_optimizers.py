@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import exported_weights, image_batch, local_net, snapshot
+from tests.conftest import TOLERANCE, exported_weights, image_batch, local_net, snapshot
 
 CONFIGS: list[dict[str, Any]] = [
     {"name": "sgd", "lr": 0.05},
@@ -45,7 +45,7 @@ def test_steps_equal_torch_optim(client: Any, config: dict[str, Any]) -> None:
         optimizer.step()
     served = exported_weights(client)
     for name, value in net.state_dict().items():
-        torch.testing.assert_close(served[name], value, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(served[name], value, **TOLERANCE, msg=name)
 
 
 def test_get_shows_torch_defaults_for_fields_left_out(client: Any) -> None:
@@ -86,7 +86,7 @@ def test_changing_optimizer_keeps_weights_and_version_and_resets_state(client: A
     optimizer.step()
     served = exported_weights(client)
     for name, value in net.state_dict().items():
-        torch.testing.assert_close(served[name], value, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(served[name], value, **TOLERANCE, msg=name)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import TEST_DEVICE, exported_weights, image_batch, local_net
+from tests.conftest import (
+    GPU_TOLERANCE,
+    TEST_DEVICE,
+    TOLERANCE,
+    exported_weights,
+    image_batch,
+    local_net,
+)
 from tests.server import LiveServer
 
 
@@ -23,7 +30,7 @@ def _check_predict(http: Any) -> None:
     assert (body["version"], body["step"]) == (0, 0)
 
 
-def _check_sgd_steps(http: Any) -> None:
+def _check_sgd_steps(http: Any, tolerance: dict[str, float] = TOLERANCE) -> None:
     net = local_net()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
     rng = np.random.default_rng(5)
@@ -58,13 +65,15 @@ def _check_sgd_steps(http: Any) -> None:
         optimizer.step()
 
         body = answer.json()
-        assert body["loss"] == pytest.approx(loss.item(), rel=1e-5, abs=1e-6)
+        assert body["loss"] == pytest.approx(
+            loss.item(), rel=tolerance["rtol"], abs=tolerance["atol"]
+        )
         assert body["grad_norm"] == pytest.approx(grad_norm.item(), rel=1e-4)
         assert (body["version"], body["step"], body["batch_size"]) == (index, index, 8)
         assert body["optimizer"]["lr"] == (lr if lr is not None else 0.01)
         served = exported_weights(http)
         for name, value in net.state_dict().items():
-            torch.testing.assert_close(served[name], value, rtol=1e-5, atol=1e-6, msg=name)
+            torch.testing.assert_close(served[name], value, **tolerance, msg=name)
     # A per-step lr is for that step only.
     assert http.get("/optimizer").json()["lr"] == 0.01
 
@@ -126,7 +135,7 @@ def test_gpu_twin_predict_and_step_match_cpu(make_client: Any) -> None:
     gpu = make_client(device="cuda")
     assert gpu.get("/model").json()["device"].startswith("cuda")
     _check_predict(gpu)
-    _check_sgd_steps(gpu)
+    _check_sgd_steps(gpu, GPU_TOLERANCE)
 
 
 def test_device_in_use_is_reported(client: Any) -> None:

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from models.lenet import Net
 from tests.conftest import (
+    TOLERANCE,
     exported_weights,
     image_batch,
     local_net,
@@ -68,7 +69,7 @@ def test_loss_without_backward_changes_nothing(client: Any) -> None:
     before = snapshot(client)
     body = client.post("/loss", json={"inputs": images.tolist(), "targets": [0, 1, 2]}).json()
     expected = F.cross_entropy(local_net()(torch.from_numpy(images)), torch.tensor([0, 1, 2]))
-    assert body["loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert body["loss"] == pytest.approx(expected.item(), rel=TOLERANCE["rtol"])
     assert body["graph"] is None
     assert snapshot(client) == before
     grads = client.get("/params", params={"grads": "true"}).json()["parameters"]
@@ -88,7 +89,7 @@ def test_loss_with_backward_keeps_gradients_not_weights(client: Any) -> None:
     served = client.get("/params", params={"grads": "true"}).json()["parameters"]
     for entry, (name, parameter) in zip(served, net.named_parameters(), strict=True):
         assert entry["name"] == name
-        np.testing.assert_allclose(entry["grad"], parameter.grad.numpy(), atol=1e-6)
+        np.testing.assert_allclose(entry["grad"], parameter.grad.numpy(), atol=TOLERANCE["atol"])
         assert entry["grad_stats"]["norm"] == pytest.approx(parameter.grad.norm().item(), 1e-4)
 
 
@@ -277,7 +278,9 @@ def test_targets_mean_what_the_contract_says(
     floats = any(isinstance(t, float) or isinstance(t, list) for t in targets)
     resolved = loss or ("mse" if floats or (n == 1 and len(targets) == 10) else "cross_entropy")
     expected = _local_loss(images, targets, resolved)
-    assert response.json()["loss"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert response.json()["loss"] == pytest.approx(
+        expected, rel=TOLERANCE["rtol"], abs=TOLERANCE["atol"]
+    )
 
 
 # ----------------------------------------------------------------------------- lr and guard
@@ -383,7 +386,7 @@ def test_non_finite_step_is_refused_whole(make_client: Any) -> None:
     assert post_train_step(client, images, [1, 2, 3, 4]).json()["step"] == 2
     served = exported_weights(client)
     for name, value in net.state_dict().items():
-        torch.testing.assert_close(served[name], value, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(served[name], value, **TOLERANCE, msg=name)
 
 
 def test_lr_1e30_is_refused_by_the_guard_once_the_loss_overflows(make_client: Any) -> None:

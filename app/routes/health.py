@@ -22,6 +22,9 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(engine: EngineDep) -> JSONResponse:
     """The model is on its device, answers, and its weights are finite."""
+    if engine.device_failed is not None:
+        # The server is stopping, for its orchestrator to restart it (see Engine._guarded).
+        return JSONResponse({"status": f"device failed: {engine.device_failed}"}, status_code=503)
     if not engine.ready:
         return JSONResponse({"status": "starting"}, status_code=503)
     if not engine.weights_finite:
