@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from app.durable import fsync_path, write_durably
 from app.errors import InsufficientStorage
 from app.versions import VersionLedger, VersionsNotDurable
 
@@ -96,21 +97,6 @@ class LoadedCheckpoint:
     optimizer_state: dict[str, Any]
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -170,12 +156,12 @@ class CheckpointStore:
         except OSError as error:
             raise self._write_error(error) from error
         try:
-            _write_durably(temp / WEIGHTS_FILE, weights_bytes)
-            _write_durably(temp / OPTIMIZER_FILE, optimizer_bytes)
-            _write_durably(temp / META_FILE, json.dumps(meta, indent=2).encode())
-            _fsync_path(temp)
+            write_durably(temp / WEIGHTS_FILE, weights_bytes)
+            write_durably(temp / OPTIMIZER_FILE, optimizer_bytes)
+            write_durably(temp / META_FILE, json.dumps(meta, indent=2).encode())
+            fsync_path(temp)
             os.replace(temp, self.directory / checkpoint_id)
-            _fsync_path(self.directory)
+            fsync_path(self.directory)
         except BaseException as error:
             shutil.rmtree(temp, ignore_errors=True)
             if isinstance(error, OSError):
@@ -318,5 +304,5 @@ class CheckpointStore:
         # Rename first so that a crash mid-delete never leaves a half-deleted checkpoint listed.
         trash = self.directory / f"{_TRASH_PREFIX}{checkpoint_id}"
         os.replace(self.directory / checkpoint_id, trash)
-        _fsync_path(self.directory)
+        fsync_path(self.directory)
         shutil.rmtree(trash, ignore_errors=True)

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.durable import replace_durably
+
 logger = logging.getLogger("lenet.store")
 
 STORE_KIND = "lenet-serve version"
@@ -102,28 +104,9 @@ class StoredVersion:
         )  # fmt: skip
 
 
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_whole(path: Path, data: bytes) -> None:
     """Write `path` so that readers see the old file or the new one, never a part."""
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
+    replace_durably(path, data, path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"))
 
 
 class VersionStore:

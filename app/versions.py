@@ -42,13 +42,12 @@ share one anyway do not collide either: a reservation re-reads the file and star
 process's limit, and a shutdown lowers the limit only if the file still holds its own.
 """
 
-import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from app.durable import replace_durably
 from app.errors import InsufficientStorage
 
 logger = logging.getLogger("lenet.versions")
@@ -190,19 +189,4 @@ class VersionLedger:
     def _write(self, reserved: int) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         body = {"kind": LEDGER_KIND, "format": LEDGER_FORMAT, "reserved": reserved}
-        temp = self.directory / _LEDGER_TEMP
-        try:
-            with open(temp, "wb") as handle:
-                handle.write(json.dumps(body).encode() + b"\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temp.unlink(missing_ok=True)
-            raise
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        replace_durably(self.path, json.dumps(body).encode() + b"\n", self.directory / _LEDGER_TEMP)
