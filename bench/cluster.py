@@ -60,10 +60,16 @@ def main() -> None:
         store = (root / "store").as_uri()
         servers: list[LiveServer] = []
         try:
-            single = start_test_server(root / "single", seed=0)
-            trainer = start_test_server(root / "trainer", role="trainer", store_url=store, seed=0)
+            # One torch thread each: four servers, HAProxy and wrk share two cores here, and
+            # idle OpenMP workers spinning on them starve the others.
+            single = start_test_server(root / "single", seed=0, torch_threads=1)
+            trainer = start_test_server(
+                root / "trainer", role="trainer", store_url=store, seed=0, torch_threads=1
+            )
             predictors = [
-                start_test_server(root / f"p{i}", role="predictor", store_url=store)
+                start_test_server(
+                    root / f"p{i}", role="predictor", store_url=store, torch_threads=1
+                )
                 for i in range(3)
             ]
             servers = [single, trainer, *predictors]
