@@ -271,6 +271,8 @@ class BodyDecoder:
             if not raw:
                 return False
         # Every number but the last of an array is followed by a comma: a count at memchr speed.
+        if len(raw) <= INLINE_NUMBERS:  # fewer bytes than the budget: fewer numbers too
+            return True
         return len(raw) <= INLINE_BYTES and raw.count(b",") <= INLINE_NUMBERS
 
     async def decode(self, raw: bytes, content_encoding: str | None) -> dict[str, Any]:
