@@ -28,11 +28,9 @@ import logging
 import math
 import os
 import signal
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
@@ -61,6 +59,7 @@ from app.errors import (
 from app.follow import Follower, Publisher
 from app.observability import traced
 from app.optimizers import OptimizerConfig, SGDConfig, optimizer_config_adapter
+from app.pinning import PinnedPredictions
 from app.prediction import Forward, Prediction, bucket_sizes, predict_batch
 from app.resident import ResidentVersion, ResidentVersions
 from app.schemas import (
@@ -93,17 +92,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-@dataclass
-class _PinnedGroup:
-    """Pinned requests for one version, gathered while they wait for the torch thread."""
-
-    version: int
-    batches: list[torch.Tensor] = field(default_factory=list)
-    images: int = 0
-    started: bool = False  # set on the torch thread when it takes the group: no more joiners
-    result: "asyncio.Future[list[Prediction]] | None" = None
-
-
 class Engine:
     """Holds one LeNet and everything that changes it; see the module docstring for the rules."""
 
@@ -114,15 +102,9 @@ class Engine:
         self.batch_observers: list[BatchObserver] = []
         self.model = Net()
         self._parameters = dict(self.model.named_parameters())
-        # Pinned requests run on this second network, loaded with the resident version named.
-        self._pinned = Net().requires_grad_(False)
-        self._pinned_version: int | None = None
-        # Pinned requests batch per version: those for one version that arrive while the torch
-        # thread is busy join one forward pass (bench/pinned.py: 4x the throughput of one pass
-        # each at 64 concurrent requests). The lock guards the handover between the threads.
-        self._pinned_lock = threading.Lock()
-        self._pinned_groups: dict[int, _PinnedGroup] = {}
         self.resident = ResidentVersions(settings.keep_versions)
+        # Requests that name a resident version: a second network, batched per version.
+        self.pinned = PinnedPredictions(self.resident, settings.batch_max_images)
         self.role = settings.role
         store_path = settings.store_path
         self.store = None if store_path is None else VersionStore(store_path)
@@ -272,9 +254,8 @@ class Engine:
         self.model.to(self.device)
         graphs = self.settings.cuda_graphs != "off" and self.device.type == "cuda"
         self._forward = Forward(self.model, self.device, self.settings.inference_dtype, graphs)
-        self._pinned.to(self.device)
-        self._pinned_version = None
         self.resident = ResidentVersions(self.settings.keep_versions)  # this life's versions
+        self.pinned.start(self.resident, self.device)
         if self.is_predictor:  # no checkpoints, no version numbers of its own: the store's
             self.version = self.step = -1
             self._model_info = inspection.describe_model(
@@ -373,16 +354,6 @@ class Engine:
         """A predictor's lag behind the store (see `Follower.lag_ms`); 0 elsewhere."""
         return 0.0 if self.follower is None else self.follower.lag_ms
 
-    def _pinned_net(self, version: int) -> tuple[Net, ResidentVersion]:
-        """The second network, holding resident version `version` (NotFound otherwise)."""
-        entry = self.resident.get(version)
-        if self._pinned_version != entry.version:
-            with torch.no_grad():
-                for name, parameter in self._pinned.named_parameters():
-                    parameter.copy_(entry.tensors[name])
-            self._pinned_version = entry.version
-        return self._pinned, entry
-
     def _warm_up(self) -> None:
         """Log what computes, and prove the model answers: one image, or every batch bucket on
         CUDA (capturing the CUDA graphs) and with LENET_WARMUP_BUCKETS=on."""
@@ -420,7 +391,7 @@ class Engine:
         images = await self._network_sized(images)
         if version is not None:
             self.resident.get(version)  # 404 at once, without queueing for the torch thread
-            prediction = await self._predict_pinned(images, version)
+            prediction = await self.pinned.predict(images, version, self._run)
         else:
             if min_version is not None:
                 await self._reach(min_version)
@@ -443,46 +414,6 @@ class Engine:
 
     def _predict_split(self, batches: list[torch.Tensor]) -> list[Prediction]:
         whole = self._predict_now(batches[0] if len(batches) == 1 else torch.cat(batches))
-        ends = np.cumsum([batch.shape[0] for batch in batches]).tolist()
-        return [
-            whole.rows(end - batch.shape[0], end) for batch, end in zip(batches, ends, strict=True)
-        ]
-
-    async def _predict_pinned(self, images: torch.Tensor, version: int) -> Prediction:
-        """`images` through exactly resident `version`, in one forward pass with the other
-        requests for that version that arrive before the torch thread takes them."""
-        count = int(images.shape[0])
-        with self._pinned_lock:
-            group = self._pinned_groups.get(version)
-            leads = (
-                group is None
-                or group.started
-                or group.images + count > self.settings.batch_max_images
-            )
-            if leads:
-                group = self._pinned_groups[version] = _PinnedGroup(version)
-            assert group is not None
-            index = len(group.batches)
-            group.batches.append(images)
-            group.images += count
-        if leads:  # no await since the lock: nobody sees the group without its result
-            group.result = asyncio.ensure_future(self._run(self._predict_group, group))
-            # Read the outcome even if every waiter went away (no "never retrieved" warning).
-            group.result.add_done_callback(lambda done: done.cancelled() or done.exception())
-        assert group.result is not None
-        # Shielded: a client that goes away must not cancel the pass the others wait for.
-        return (await asyncio.shield(group.result))[index]
-
-    @on_device_failure
-    def _predict_group(self, group: _PinnedGroup) -> list[Prediction]:
-        with self._pinned_lock:
-            group.started = True
-            if self._pinned_groups.get(group.version) is group:
-                del self._pinned_groups[group.version]
-            batches = list(group.batches)
-        net, entry = self._pinned_net(group.version)
-        images = batches[0] if len(batches) == 1 else torch.cat(batches)
-        whole = predict_batch(net, images, self.device, entry.version, entry.step)
         ends = np.cumsum([batch.shape[0] for batch in batches]).tolist()
         return [
             whole.rows(end - batch.shape[0], end) for batch, end in zip(batches, ends, strict=True)
@@ -751,7 +682,7 @@ class Engine:
         if version is None:
             net, numbers = self.model, (self.version, self.step)
         else:
-            net, entry = self._pinned_net(version)
+            net, entry = self.pinned.net(version)
             numbers = (entry.version, entry.step)
         explained = inspection.explain(net, image.to(self.device), target)
         return ExplainResponse.model_validate(
