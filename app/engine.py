@@ -60,7 +60,7 @@ from app.follow import Follower, Publisher
 from app.observability import traced
 from app.optimizers import OptimizerConfig, SGDConfig, optimizer_config_adapter
 from app.pinning import PinnedPredictions
-from app.prediction import Forward, Prediction, bucket_sizes, predict_batch
+from app.prediction import Forward, Prediction, bucket_sizes, joined, predict_batch, split
 from app.resident import ResidentVersion, ResidentVersions
 from app.schemas import (
     BackwardResponse,
@@ -413,11 +413,7 @@ class Engine:
         return await self._run(self._predict_split, batches)
 
     def _predict_split(self, batches: list[torch.Tensor]) -> list[Prediction]:
-        whole = self._predict_now(batches[0] if len(batches) == 1 else torch.cat(batches))
-        ends = np.cumsum([batch.shape[0] for batch in batches]).tolist()
-        return [
-            whole.rows(end - batch.shape[0], end) for batch, end in zip(batches, ends, strict=True)
-        ]
+        return split(self._predict_now(joined(batches)), batches)
 
     @on_device_failure
     def _predict_now(self, images: torch.Tensor) -> Prediction:

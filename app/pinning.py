@@ -14,11 +14,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from app.device import on_device_failure
-from app.prediction import Prediction, predict_batch
+from app.prediction import Prediction, joined, predict_batch, split
 from app.resident import ResidentVersion, ResidentVersions
 from models.lenet import Net
 
@@ -97,9 +96,5 @@ class PinnedPredictions:
                 del self._groups[group.version]
             batches = list(group.batches)
         net, entry = self.net(group.version)
-        images = batches[0] if len(batches) == 1 else torch.cat(batches)
-        whole = predict_batch(net, images, self._device, entry.version, entry.step)
-        ends = np.cumsum([batch.shape[0] for batch in batches]).tolist()
-        return [
-            whole.rows(end - batch.shape[0], end) for batch, end in zip(batches, ends, strict=True)
-        ]
+        whole = predict_batch(net, joined(batches), self._device, entry.version, entry.step)
+        return split(whole, batches)

@@ -53,6 +53,17 @@ class Prediction:
         )
 
 
+def joined(batches: list[torch.Tensor]) -> torch.Tensor:
+    """The requests' image batches as one batch for one forward pass (no copy for one)."""
+    return batches[0] if len(batches) == 1 else torch.cat(batches)
+
+
+def split(whole: Prediction, batches: list[torch.Tensor]) -> list[Prediction]:
+    """The answer of one forward pass over `joined(batches)`, one per request's batch."""
+    ends = np.cumsum([batch.shape[0] for batch in batches]).tolist()
+    return [whole.rows(end - batch.shape[0], end) for batch, end in zip(batches, ends, strict=True)]
+
+
 def bucket_size(count: int) -> int:
     """The batch size a forward pass of `count` images runs at: the next of 1, 2, 3, 4, 6, 8,
     12, 16, ... (powers of two and one and a half times them).
