@@ -13,6 +13,7 @@ of routes that change anything stays one fact.
 """
 
 import asyncio
+import functools
 import ipaddress
 from typing import TYPE_CHECKING, Any
 
@@ -57,8 +58,14 @@ def is_loopback(server: Any) -> bool:
     """Whether the ASGI scope's `server` (host, port) is a loopback address."""
     if not server:
         return False  # a Unix socket: whatever sits in front of it decides
+    return _is_loopback_address(str(server[0]))
+
+
+@functools.lru_cache(maxsize=64)
+def _is_loopback_address(address: str) -> bool:
+    # Cached: every request asks, and a server listens on a handful of addresses.
     try:
-        return ipaddress.ip_address(str(server[0])).is_loopback
+        return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
 
