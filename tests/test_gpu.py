@@ -20,7 +20,14 @@ from fastapi.testclient import TestClient
 
 from app import device as device_module
 from app.device import configure, device_facts, is_device_error, torch_variant, variant_matches
-from app.prediction import Forward, bucket_size, bucket_sizes, predict_batch, softmax
+from app.prediction import (
+    ATEN_MAX_BATCH,
+    Forward,
+    bucket_size,
+    bucket_sizes,
+    predict_batch,
+    softmax,
+)
 from app.settings import Settings
 from models.lenet import INPUT_SHAPE, build_net
 from tests.conftest import image_batch, step_body
@@ -32,9 +39,15 @@ INJECTED = "CUDA error: an illegal memory access was encountered (injected by th
 
 
 def torch_prediction(model: torch.nn.Module, images: torch.Tensor) -> tuple[Any, Any, Any]:
-    """What predict_batch answered before it moved softmax and argmax to the host."""
+    """What predict_batch answered before it moved softmax and argmax to the host, with the
+    convolutions it picks for the batch's size (ATen's up to ATEN_MAX_BATCH, else oneDNN's)."""
+    torch.backends.mkldnn.enabled = images.shape[0] > ATEN_MAX_BATCH
+    try:
+        with torch.inference_mode():
+            logits = model(images)
+    finally:
+        torch.backends.mkldnn.enabled = True
     with torch.inference_mode():
-        logits = model(images)
         return (
             logits.numpy(),
             torch.softmax(logits, dim=1).numpy(),

@@ -59,6 +59,32 @@ def test_padding_to_a_bucket_answers_each_image_as_alone() -> None:
         np.testing.assert_allclose(padded.logits, net(images).numpy(), atol=1e-5)
 
 
+def test_small_batches_run_on_aten_and_match_onednn() -> None:
+    """Batches of up to ATEN_MAX_BATCH images skip oneDNN (faster there), give the logits the
+    oneDNN pass gives, and leave the process-wide switch as they found it."""
+    import torch
+
+    from app.prediction import ATEN_MAX_BATCH, Forward
+    from models.lenet import build_net
+
+    net = build_net(0)
+    forward = Forward(net, torch.device("cpu"))
+    images = torch.from_numpy(np.random.default_rng(1).standard_normal((16, 1, 32, 32))).float()
+    seen: list[bool] = []
+    hook = net.conv1.register_forward_pre_hook(
+        lambda *_: seen.append(torch.backends.mkldnn.enabled)
+    )
+    try:
+        small = forward.logits(images[:ATEN_MAX_BATCH])
+        large = forward.logits(images)
+    finally:
+        hook.remove()
+    assert seen == [False, True] and torch.backends.mkldnn.enabled
+    np.testing.assert_allclose(small, large[:ATEN_MAX_BATCH], atol=1e-5)
+    with torch.inference_mode():
+        np.testing.assert_allclose(small, net(images[:ATEN_MAX_BATCH]).numpy(), atol=1e-5)
+
+
 @pytest.mark.server
 @pytest.mark.slow
 def test_every_batch_size_keeps_memory_bounded(tmp_path: Path) -> None:
