@@ -1,8 +1,12 @@
 """JSON request bodies, torch-free: inflate, parse, and turn the images into one array.
 
 `decode_json_body` is the whole decoding of a JSON route's body: undo its Content-Encoding
-(gzip or deflate, counted against the body limit once inflated), parse it (orjson), and turn
-the nested `inputs` into one float32 array, checked for type, shape, batch limit and finiteness.
+(gzip or deflate, counted against the body limit once inflated), parse it, and turn the nested
+`inputs` into one float32 array, checked for type, shape, batch limit and finiteness. A body
+whose `inputs` simdjson can prove rectangular, numeric and within the limits is parsed by it
+(`accepted_images_body`, 2-3.4x faster); every other body, and so every error, goes through
+orjson and the level-by-level checks (`decode_with_orjson`), which the simdjson path must equal
+value for value.
 It is the slow part of a big request: a 64 MiB body of numbers takes seconds of C code that holds
 the GIL. So `BodyDecoder` runs it inline for small bodies and, for large ones, in a worker
 process, where it cannot stall the event loop: every other request (`GET /healthz` too) is
@@ -15,7 +19,9 @@ one numpy array, never with a Python loop over numbers; every rejection names wh
 
 import asyncio
 import logging
+import math
 import multiprocessing
+import threading
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -24,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import simdjson
 
 from app.errors import (
     BadRequest,
@@ -181,6 +188,92 @@ def nested_images(value: Any, field: str, max_batch_size: int) -> np.ndarray:
     return _finite_float32(nested_to_array(value, field, max_rank=4), field)
 
 
+# simdjson accepts a UTF-8 byte order mark that orjson refuses.
+_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+_OPEN_BRACKET = ord("[")
+# One parser per thread: a parser's buffers are reused from body to body (10 us saved on a small
+# one), and a parser must not parse again while values of its last document are alive.
+_parsers = threading.local()
+
+
+def accepted_images_body(body: bytes, max_batch_size: int) -> dict[str, Any] | None:
+    """The body decoded by simdjson when it is certain to be what the orjson path accepts, the
+    same values to the bit; else None, and the orjson path decides (and names the error).
+
+    The speed is in the numbers: simdjson parses them and `as_buffer` copies them into one
+    float64 buffer in C (8.7 ms for 256 images, against 37.7 ms for orjson and the array
+    checks). `as_buffer` flattens whatever nesting it finds, so rectangularity is proven apart:
+    every array above the last level is walked (lengths and types), and the count of `[` in the
+    body, less the count in the other fields, must be exactly the number of arrays that shape
+    has, so no number was an array in disguise (`[2]`)."""
+    # A backslash may be a \u escape that spells a bracket the count below would miss; one
+    # byte is searched at memchr speed (0.2 ms in 5 MB).
+    if body.startswith(_BYTE_ORDER_MARK) or b"\\" in body:
+        return None
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = simdjson.Parser()
+    try:
+        document = parser.parse(body)
+    except Exception:  # noqa: BLE001 - any refusal: the orjson path gives the answer
+        return None
+    if not isinstance(document, simdjson.Object):
+        return None
+    keys = list(document.keys())
+    if IMAGES_FIELD not in keys or len(set(keys)) != len(keys):
+        return None  # duplicate keys: orjson keeps the last, the lookup here the first
+    images = document[IMAGES_FIELD]
+    if not isinstance(images, simdjson.Array):
+        return None
+    shape = _rectangular_shape(images)
+    if shape is None or (len(shape) in (3, 4) and shape[0] > max_batch_size):
+        return None
+    decoded = {key: _as_python(document[key]) for key in keys if key != IMAGES_FIELD}
+    arrays = sum(math.prod(shape[:depth]) for depth in range(len(shape)))
+    brackets = int(np.count_nonzero(np.frombuffer(body, dtype=np.uint8) == _OPEN_BRACKET))
+    if brackets - orjson.dumps(decoded).count(b"[") != arrays:
+        return None
+    try:
+        values = np.frombuffer(images.as_buffer(of_type="d"), dtype=np.float64)
+    except Exception:  # noqa: BLE001 - a string, boolean, null or object among the numbers
+        return None
+    if values.size != math.prod(shape):
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = values.astype(np.float32).reshape(shape)
+    if not np.isfinite(array).all():
+        return None
+    return {key: array if key == IMAGES_FIELD else decoded[key] for key in keys}
+
+
+def _rectangular_shape(images: simdjson.Array) -> list[int] | None:
+    """The shape of a simdjson array whose arrays above the last level are all of one length
+    per level (at most 4 levels, none empty), or None. The last level's elements are not
+    looked at: that would make a Python object of every number."""
+    shape: list[int] = []
+    level: list[Any] = [images]
+    while True:
+        lengths = set(map(len, level))
+        if len(lengths) != 1 or 0 in lengths or len(shape) == 4:
+            return None
+        shape.append(lengths.pop())
+        if not isinstance(level[0][0], simdjson.Array):
+            return shape
+        children = list(chain.from_iterable(level))
+        if set(map(type, children)) != {simdjson.Array}:
+            return None
+        level = children
+
+
+def _as_python(value: Any) -> Any:
+    """A simdjson value as the plain Python value orjson would have made of it."""
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    return value
+
+
 class DeferredError:
     """An array that failed its checks while the body was decoded; the error is raised where
     the array is used, so that a body's errors come in the same order however it was decoded."""
@@ -203,7 +296,15 @@ def decode_json_body(
 ) -> dict[str, Any]:
     """A JSON route's body, whole: inflated, parsed, its nested `inputs` one float32 array (or
     the `DeferredError` that says what is wrong with them)."""
-    body = parse_json_object(decode_content(raw, content_encoding, max_bytes))
+    data = decode_content(raw, content_encoding, max_bytes)
+    accepted = accepted_images_body(data, max_batch_size)
+    return accepted if accepted is not None else decode_with_orjson(data, max_batch_size)
+
+
+def decode_with_orjson(data: bytes, max_batch_size: int) -> dict[str, Any]:
+    """An inflated JSON body parsed by orjson, its `inputs` checked level by level: the path
+    that names what is wrong with a body, and the reference the simdjson path must equal."""
+    body = parse_json_object(data)
     if IMAGES_FIELD in body:
         body[IMAGES_FIELD] = _decode_array(
             body[IMAGES_FIELD], lambda value: nested_images(value, IMAGES_FIELD, max_batch_size)

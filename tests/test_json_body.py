@@ -15,7 +15,14 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from app.json_body import INLINE_NUMBERS, decode_json_body
+from app.json_body import (
+    IMAGES_FIELD,
+    INLINE_NUMBERS,
+    DeferredError,
+    accepted_images_body,
+    decode_json_body,
+    decode_with_orjson,
+)
 from tests.conftest import image_batch, training_state
 from tests.server import LiveServer, start_test_server
 
@@ -163,3 +170,108 @@ def test_a_huge_gzip_body_does_not_stall_other_requests(tmp_path: Path) -> None:
     assert len(latencies) >= 5, "the body was decoded too fast to watch"
     # Before, every route froze for 4-7 s; the contract's half second, with room for a busy CI.
     assert max(latencies) < 1.5, f"healthz took up to {max(latencies):.2f} s"
+
+
+# --- the simdjson path: taken for the common bodies, equal to the orjson path, strict -----------
+
+
+def decoded(call: Callable[[], dict[str, Any]]) -> Any:
+    """What a decoder made of a body, comparable bit for bit: arrays as bytes, shape and dtype,
+    deferred and raised errors as their type and message."""
+    try:
+        body = call()
+    except Exception as error:  # noqa: BLE001 - the error is the answer being compared
+        return ("raised", type(error).__name__, str(error))
+    shown: dict[str, Any] = {}
+    for key, value in body.items():
+        if isinstance(value, np.ndarray):
+            shown[key] = (value.tobytes(), value.shape, value.dtype.str)
+        elif isinstance(value, DeferredError):
+            shown[key] = ("deferred", str(value.error))
+        else:
+            shown[key] = ("json", repr(value))
+    return list(shown.items())
+
+
+def both_paths(body: bytes, max_batch_size: int = 8) -> tuple[Any, Any]:
+    return (
+        decoded(lambda: decode_json_body(body, None, 1 << 26, max_batch_size)),
+        decoded(lambda: decode_with_orjson(body, max_batch_size)),
+    )
+
+
+COMMON_BODIES = [
+    orjson.dumps({"inputs": IMAGE}),
+    orjson.dumps({"inputs": image_batch(3).tolist(), "targets": [1, 2, 3]}),
+    orjson.dumps({"inputs": image_batch(2).tolist(), "loss": "mse", "target": [[0.5] * 10] * 2}),
+    orjson.dumps({"inputs": [[1, -0, -0.0, 2.5e-320, 1e38, 9007199254740993]], "version": 4}),
+    b' {"inputs" : [ [1 , 2] , [3,4] ] , "optimizer": {"name": "sgd", "lr": 0.1}}\n',
+]
+
+
+@pytest.mark.parametrize("body", COMMON_BODIES, ids=range(len(COMMON_BODIES)))
+def test_common_bodies_take_the_simdjson_path_and_equal_orjson(body: bytes) -> None:
+    accepted = accepted_images_body(body, 8)
+    assert accepted is not None and isinstance(accepted[IMAGES_FIELD], np.ndarray)
+    fast, reference = both_paths(body)
+    assert fast == reference
+
+
+UNPROVEN_BODIES = {
+    "a number as a one-element array": b'{"inputs": [[1, [2]], [3, 4]]}',
+    "rows of other lengths, as many numbers": b'{"inputs": [[1, 2], [3, 4, 5], [6]]}',
+    "arrays and numbers mixed": b'{"inputs": [[1, 2], [[3], 4]]}',
+    "an empty row": b'{"inputs": [[1], []]}',
+    "empty": b'{"inputs": []}',
+    "five levels": b'{"inputs": [[[[[1]]]]]}',
+    "a boolean": b'{"inputs": [[1, true]]}',
+    "a string": b'{"inputs": [[1, "2"]]}',
+    "null": b'{"inputs": [[1, null]]}',
+    "too large for float32": b'{"inputs": [[1e39]]}',
+    "too large for a double": b'{"inputs": [[1e400]]}',
+    "an integer past 64 bits": b'{"inputs": [[18446744073709551616]]}',
+    "over the batch limit": orjson.dumps({"inputs": image_batch(9).tolist()}),
+    "inputs twice": b'{"inputs": [[1]], "inputs": [[2]]}',
+    "a bracket spelled as an escape": b'{"inputs": [[1, [2]]], "note": "\\u005d\\u005b"}',
+    "a byte order mark": b'\xef\xbb\xbf{"inputs": [[1]]}',
+    "not an object": b"[[1, 2]]",
+    "inputs not an array": b'{"inputs": 5}',
+    "no inputs": b'{"tensor": {"shape": [1], "dtype": "float32", "data": ""}}',
+    "trailing garbage": b'{"inputs": [[1]]} x',
+    "NaN": b'{"inputs": [[NaN]]}',
+}
+
+
+@pytest.mark.parametrize("body", UNPROVEN_BODIES.values(), ids=UNPROVEN_BODIES.keys())
+def test_what_simdjson_cannot_prove_is_left_to_orjson(body: bytes) -> None:
+    assert accepted_images_body(body, 8) is None
+    fast, reference = both_paths(body)
+    assert fast == reference
+
+
+def test_mangled_bodies_get_the_orjson_answer() -> None:
+    """Bounded fuzzing: 2,000 random edits of small bodies, each decoded both ways; the answers
+    (values to the bit, or the error's type and message) must be the same."""
+    rng = np.random.default_rng(7)
+    seeds = [
+        b'{"inputs": [[1, 2.5], [-3e2, 4]], "targets": [1, 0]}',
+        b'{"inputs": [[[0.25, 1], [2, 3]], [[4, 5], [6, 7]]], "loss": "mse"}',
+    ]
+    alphabet = b'[]{},:."0123456789eE-+ tn\\u'
+    fast_ones = 0
+    for trial in range(2000):
+        body = bytearray(seeds[trial % len(seeds)])
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(0, len(body)))
+            edit = int(rng.integers(0, 3))
+            char = alphabet[int(rng.integers(0, len(alphabet)))]
+            if edit == 0:
+                body.insert(at, char)
+            elif edit == 1:
+                del body[at]
+            else:
+                body[at] = char
+        fast, reference = both_paths(bytes(body))
+        assert fast == reference, bytes(body)
+        fast_ones += accepted_images_body(bytes(body), 8) is not None
+    assert fast_ones > 100  # the fast path was really exercised by mangled bodies that parse
