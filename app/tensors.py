@@ -148,12 +148,13 @@ def images_from_base64(value: Any, limits: Limits, field: str = "tensor") -> tor
     try:
         # pybase64 decodes with SIMD, about 50 times faster than binascii (1 ms for a batch of
         # 64 images, a tenth of a training step), and validates the alphabet as strictly.
-        raw = pybase64.b64decode(data, validate=True)
+        # Into a bytearray: writable memory that torch can wrap, without a copy of the bytes.
+        raw = pybase64.b64decode_as_bytearray(data, validate=True)
     except (binascii.Error, ValueError) as error:
         raise InvalidInput(f"{field}.data is not valid base64: {error}") from error
     if len(raw) != expected:
         raise InvalidInput(f"{field}.data holds {len(raw)} bytes; shape {shape} needs {expected}")
-    array = np.frombuffer(bytearray(raw), dtype="<f4").reshape(shape)
+    array = np.frombuffer(raw, dtype="<f4").reshape(shape)
     return images_from_array(array, field, limits)
 
 
