@@ -20,6 +20,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from models.lenet import Net, inference_forward
+
 InferenceDtype = Literal["float32", "bfloat16"]
 
 
@@ -153,7 +155,7 @@ class Forward:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Net,
         device: torch.device,
         dtype: InferenceDtype = "float32",
         cuda_graphs: bool = False,
@@ -168,14 +170,13 @@ class Forward:
         self._graphed_weights: tuple[int, ...] = ()
 
     def eager(self, images: torch.Tensor) -> torch.Tensor:
-        """`model(images)` for images already on the device, in the inference dtype."""
+        """`model(images)` for images already on the device, in the inference dtype (through
+        `inference_forward`: the same values, with a faster pooling)."""
         if self.dtype == "bfloat16":
             # No autocast cache: a captured graph must cast the live weights on every replay.
             with torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False):
-                result: torch.Tensor = self.model(images)
-                return result
-        plain: torch.Tensor = self.model(images)
-        return plain
+                return inference_forward(self.model, images)
+        return inference_forward(self.model, images)
 
     def _padded(self, images: torch.Tensor, size: int) -> torch.Tensor:
         """`images` zero-padded to `size` rows, on the host (in a pinned buffer on CUDA)."""
@@ -231,7 +232,7 @@ class Forward:
 
 
 def predict_batch(
-    model: torch.nn.Module,
+    model: Net,
     images: torch.Tensor,
     device: torch.device,
     version: int,

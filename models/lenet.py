@@ -25,6 +25,8 @@ __all__ = [
     "PARAMETER_SHAPES",
     "Net",
     "build_net",
+    "inference_forward",
+    "max_pool_2x2",
 ]
 
 
@@ -50,6 +52,32 @@ class Net(nn.Module):
         x = F.relu(self.fc2(x))  # (N, 84)
         x = self.fc3(x)  # (N, 10)
         return x
+
+
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """`F.max_pool2d(x, 2)` to the bit (a max returns one of its inputs; NaN propagates in
+    both), as the elementwise maximum of each 2x2 window's four strided views. On the CPU,
+    torch's max_pool2d kernel for NCHW tensors is scalar code and took two thirds of a
+    256-image forward pass; this is 6-9x faster (0.54 against 4.70 ms for (256, 6, 28, 28),
+    0.21 against 1.64 ms for (256, 16, 10, 10), on the 2-core machine). For inference only:
+    its gradient would split between tied inputs what max_pool2d gives to one, so training
+    runs the module's own forward."""
+    x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]  # floor, as max_pool2d does
+    top = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])
+    bottom = torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2])
+    return torch.maximum(top, bottom)
+
+
+def inference_forward(net: Net, x: torch.Tensor) -> torch.Tensor:
+    """`net(x)` as predictions compute it: the same layers and the same values, with
+    `max_pool_2x2` for the pooling."""
+    x = max_pool_2x2(F.relu(net.conv1(x)))
+    x = max_pool_2x2(F.relu(net.conv2(x)))
+    x = torch.flatten(x, 1)
+    x = F.relu(net.fc1(x))
+    x = F.relu(net.fc2(x))
+    logits: torch.Tensor = net.fc3(x)
+    return logits
 
 
 def build_net(seed: int | None = None) -> Net:

@@ -201,8 +201,9 @@ def test_device_errors_are_told_from_other_errors(error: Exception, device_error
 
 
 class InjectedFault:
-    """A forward hook on the served model that raises a CUDA error on the torch thread, where a
-    failed kernel would: `times` calls, or from now on when `times` is None (a sticky error)."""
+    """A forward hook on the served model's first layer (run by predictions and training alike)
+    that raises a CUDA error on the torch thread, where a failed kernel would: `times` calls, or
+    from now on when `times` is None (a sticky error)."""
 
     def __init__(self, times: int | None) -> None:
         self.times = times
@@ -229,7 +230,7 @@ def test_a_device_error_that_goes_away_fails_one_request(
 ) -> None:
     client, calls = failing_client
     engine = client.app.state.engine  # type: ignore[attr-defined]
-    hook = engine.model.register_forward_hook(InjectedFault(times=1))
+    hook = engine.model.conv1.register_forward_hook(InjectedFault(times=1))
     try:
         answer = client.post("/predict", json={"inputs": image_batch(2).tolist()})
         assert answer.status_code == 503
@@ -247,7 +248,7 @@ def test_a_sticky_device_error_makes_the_service_not_ready(
     client, calls = failing_client
     engine = client.app.state.engine  # type: ignore[attr-defined]
     fault = InjectedFault(times=None)
-    engine.model.register_forward_hook(fault)
+    engine.model.conv1.register_forward_hook(fault)
     answer = client.post("/train-step", json=step_body())
     assert answer.status_code == 503, answer.text
     assert calls == [INJECTED]  # the server is told to stop, once
@@ -268,19 +269,23 @@ import sys
 from models import lenet
 
 broken = False
-forward = lenet.Net.forward
 
 
-def failing_forward(self, x):
+def failing(forward):
     # A sticky CUDA error from the first batch whose first pixel is 1234.5 on.
-    global broken
-    broken = broken or float(x.flatten()[0]) == 1234.5
-    if broken:
-        raise RuntimeError({INJECTED!r})
-    return forward(self, x)
+    def call(net, x):
+        global broken
+        broken = broken or float(x.flatten()[0]) == 1234.5
+        if broken:
+            raise RuntimeError({INJECTED!r})
+        return forward(net, x)
+
+    return call
 
 
-lenet.Net.forward = failing_forward
+# Training runs the module, predictions `inference_forward`: both fail (before app imports it).
+lenet.Net.forward = failing(lenet.Net.forward)
+lenet.inference_forward = failing(lenet.inference_forward)
 from app.cli import main
 
 sys.exit(main(["serve"]))

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.lenet import PARAMETER_NAMES, Net, build_net
+from models.lenet import PARAMETER_NAMES, Net, build_net, inference_forward, max_pool_2x2
 
 
 class TutorialNet(nn.Module):
@@ -67,3 +67,37 @@ def test_seeded_build_is_manual_seed_then_net_and_leaves_global_rng_alone() -> N
         seeded.state_dict().items(), reference.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_max_pool_2x2_is_max_pool2d_to_the_bit() -> None:
+    """Ties (ReLU's zeros), NaN, negative zero and odd sizes (the last row and column
+    dropped, as max_pool2d floors) included; a NaN may come out with another payload."""
+    generator = torch.Generator().manual_seed(3)
+    for shape in [(5, 6, 28, 28), (2, 16, 10, 10), (1, 3, 7, 9), (4, 1, 2, 2)]:
+        x = F.relu(torch.randn(*shape, generator=generator))
+        x[0, 0, 0, 0] = float("nan")
+        x[-1, -1, -1, -1] = -0.0
+        expected = F.max_pool2d(x, 2)
+        actual = max_pool_2x2(x)
+        assert actual.shape == expected.shape
+        nan = expected.isnan()
+        assert nan.any() and torch.equal(actual.isnan(), nan), shape  # NaN where max_pool2d's
+        numbers, expected_numbers = actual[~nan].numpy(), expected[~nan].numpy()
+        assert numbers.tobytes() == expected_numbers.tobytes(), shape  # the rest to the bit
+
+
+def test_inference_forward_is_net_x_to_the_bit() -> None:
+    """What predictions compute is `net(x)`, bit for bit, with either convolution backend."""
+    net = build_net(4)
+    generator = torch.Generator().manual_seed(5)
+    for onednn in (True, False):
+        torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]
+        try:
+            for batch in (1, 3, 8, 17, 256):
+                x = torch.rand(batch, 1, 32, 32, generator=generator)
+                x[0] = 0  # a blank image: all-zero windows, ties everywhere
+                with torch.inference_mode():
+                    expected, actual = net(x), inference_forward(net, x)
+                assert actual.numpy().tobytes() == expected.numpy().tobytes(), (onednn, batch)
+        finally:
+            torch.backends.mkldnn.enabled = True  # type: ignore[assignment]
