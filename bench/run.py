@@ -375,6 +375,12 @@ def inprocess_step_rate(batch: int, seconds: float, device: torch.device) -> flo
     return _rate(step, seconds, device)
 
 
+# The report's rows for the references (scripts/gpu_check.py reads them back).
+REFERENCE_ROWS = {
+    "forward": "in-process forward `model(x)`, batch 256",
+    "pooled-forward": "in-process `inference_forward(model, x)`, batch 256",
+    "step": "in-process SGD step, batch 64",
+}
 REFERENCES: dict[str, tuple[Callable[[int, float, torch.device], float], int]] = {
     "forward": (inprocess_forward_rate, 256),
     "pooled-forward": (inprocess_pooled_forward_rate, 256),
@@ -777,10 +783,9 @@ def report(
             f"| {scenario.key} | {run.rps:.0f} | {images} | {run.p50_ms:.2f} | {run.p99_ms:.2f} |"
         )
     lines += [
-        f"| in-process forward `model(x)`, batch 256 | | {reference['forward']:.0f} | | |",
-        f"| in-process `inference_forward(model, x)`, batch 256 | | "
-        f"{reference['pooled-forward']:.0f} | | |",
-        f"| in-process SGD step, batch 64 | {step_rate:.1f} steps/s | {step_rate * 64:.0f} | | |",
+        f"| {REFERENCE_ROWS['forward']} | | {reference['forward']:.0f} | | |",
+        f"| {REFERENCE_ROWS['pooled-forward']} | | {reference['pooled-forward']:.0f} | | |",
+        f"| {REFERENCE_ROWS['step']} | {step_rate:.1f} steps/s | {step_rate * 64:.0f} | | |",
         "",
         "| target | measured | goal | met |",
         "| --- | ---: | ---: | :---: |",

@@ -285,6 +285,11 @@ def bench(check: Check, device: str) -> str:
     if not (ROOT / ".venv-bench" / "bin" / "python").exists():
         command += ["--bench-python", ""]  # no LitServe virtualenv here
     check.run(name, command, timeout=200)
+    # The bench's own row names (importing it imports torch, which the environment check has
+    # found by now).
+    sys.path.insert(0, str(ROOT))
+    from bench.run import REFERENCE_ROWS
+
     rows = {}
     for line in markdown.read_text().splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
@@ -294,9 +299,10 @@ def bench(check: Check, device: str) -> str:
         f"healthz c64 {rows['lenet healthz GET c64'][1]} req/s",
         f"predict json c64 {rows['lenet predict json c64'][1]} req/s",
         f"predict b64 256 images {rows['lenet predict b64 256 images c1'][2]} images/s",
-        f"in-process forward@256 {rows['in-process forward, batch 256'][2]} images/s",
+        f"in-process model(x)@256 {rows[REFERENCE_ROWS['forward']][2]} images/s",
+        f"in-process inference_forward@256 {rows[REFERENCE_ROWS['pooled-forward']][2]} images/s",
         f"train-step b64 64 {rows['lenet train-step b64 64 c1'][1]} steps/s",
-        f"in-process step@64 {rows['in-process SGD step, batch 64'][1]}",
+        f"in-process step@64 {rows[REFERENCE_ROWS['step']][1]}",
     ]
     return f"{device}: " + "; ".join(figures)
 
