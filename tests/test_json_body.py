@@ -2,6 +2,8 @@
 (app.json_body), with the same answers either way."""
 
 import gzip
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -279,3 +281,38 @@ def test_mangled_bodies_get_the_orjson_answer() -> None:
         assert fast == reference, bytes(body)
         fast_ones += accepted_body(bytes(body), 8) is not None
     assert fast_ones > 100  # the fast path was really exercised by mangled bodies that parse
+
+
+RESIDENT_SCRIPT = """
+import sys
+from pathlib import Path
+
+from app.json_body import decode_json_body
+
+
+def resident_mib():
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+body = b'{"inputs": [' + b",".join([b"0"] * 4_000_000) + b"]}"
+before = resident_mib()
+decoded = decode_json_body(body, None, 1 << 26, 1 << 30)
+assert decoded["inputs"].shape == (4_000_000,)
+del decoded
+print(resident_mib() - before)
+"""
+
+
+def test_a_big_body_leaves_no_parser_buffers_behind() -> None:
+    """simdjson keeps buffers as large as the largest document a parser has seen (over 100 MB
+    for these 8 MB of zeros): a big body's parser is its own, freed with it."""
+    result = subprocess.run(
+        [sys.executable, "-c", RESIDENT_SCRIPT],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) < 40, result.stdout  # MiB kept after the answer is gone
