@@ -113,8 +113,9 @@ ATEN_MAX_BATCH = 8
 def _small_batch_kernels(device: torch.device, size: int) -> Iterator[None]:
     """ATen's convolutions instead of oneDNN's for a CPU batch of up to ATEN_MAX_BATCH images.
 
-    The switch is process-wide; it is safe because every forward pass and training step runs on
-    the engine's one torch thread, one at a time, and it is put back before the next."""
+    The switch is process-wide; it is safe because a served process has one engine, whose
+    forward passes and training steps all run on its one torch thread, one at a time, and it is
+    put back before the next."""
     if device.type != "cpu" or size > ATEN_MAX_BATCH or not torch.backends.mkldnn.enabled:
         yield
         return
