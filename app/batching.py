@@ -16,6 +16,8 @@ from typing import Generic, TypeVar
 
 import torch
 
+from app.tasks import cancel_and_wait
+
 ResultT = TypeVar("ResultT")
 
 # Told after each batch: the images in it, how long each request waited in the queue, and how
@@ -56,11 +58,8 @@ class PredictionBatcher(Generic[ResultT]):
 
     async def stop(self) -> None:
         """Stop the background task; queued and in-flight requests get a CancelledError."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         while not self._queue.empty():
             self._queue.get_nowait().future.cancel()
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from app.errors import InvalidInput
 from app.store import StoreCorrupt, StoredVersion, VersionStore
+from app.tasks import cancel_and_wait
 from app.tensors import save_weights
 
 if TYPE_CHECKING:
@@ -57,11 +58,8 @@ class Publisher:
 
     async def stop(self) -> None:
         """Stop the background task, then publish what is newest one last time."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.publish_newest()
 
     async def _loop(self) -> None:
@@ -138,11 +136,8 @@ class Follower:
 
     async def stop(self) -> None:
         """Stop the background task."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     @property
     def lag_ms(self) -> float:
