@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from models.lenet import build_net, inference_forward  # noqa: E402
+from models.lenet import Net, build_net, inference_forward  # noqa: E402
 
 SEED = 0
 LUA = ROOT / "bench" / "post.lua"
@@ -334,29 +334,33 @@ def _rate(fn: Callable[[], None], seconds: float, device: torch.device) -> float
     return best
 
 
-def inprocess_forward_rate(batch: int, seconds: float, device: torch.device) -> float:
-    """Images per second of `model(x)` at `batch`, under inference_mode, inputs on the device."""
+def _forward_rate(
+    forward: Callable[[Net, torch.Tensor], torch.Tensor],
+    batch: int,
+    seconds: float,
+    device: torch.device,
+) -> float:
+    """Images per second of `forward(model, x)` at `batch`, under inference_mode, inputs on the
+    device."""
     model = build_net(SEED).to(device)
     images = torch.rand(batch, 1, 32, 32, device=device)
 
-    def forward() -> None:
+    def run() -> None:
         with torch.inference_mode():
-            model(images)
+            forward(model, images)
 
-    return _rate(forward, seconds, device) * batch
+    return _rate(run, seconds, device) * batch
+
+
+def inprocess_forward_rate(batch: int, seconds: float, device: torch.device) -> float:
+    """Images per second of `model(x)`."""
+    return _forward_rate(Net.__call__, batch, seconds, device)
 
 
 def inprocess_pooled_forward_rate(batch: int, seconds: float, device: torch.device) -> float:
     """The same with `inference_forward(model, x)`, the formulation the service predicts with
     (the same values; a faster pooling): torch at its best for this network."""
-    model = build_net(SEED).to(device)
-    images = torch.rand(batch, 1, 32, 32, device=device)
-
-    def forward() -> None:
-        with torch.inference_mode():
-            inference_forward(model, images)
-
-    return _rate(forward, seconds, device) * batch
+    return _forward_rate(inference_forward, batch, seconds, device)
 
 
 def inprocess_step_rate(batch: int, seconds: float, device: torch.device) -> float:
