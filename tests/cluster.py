@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tests.server import free_port
+from tests.server import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
@@ -143,14 +143,7 @@ class Balancer:
 
     def stop(self, timeout: float = 10) -> int:
         """Stop HAProxy (SIGTERM: a hard stop) and wait; returns its exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, signal.SIGTERM, timeout)
 
 
 def haproxy_binary() -> str:

@@ -18,6 +18,19 @@ import pytest
 current_test: list[pytest.Item] = []
 
 
+def stop_process(process: "subprocess.Popen[bytes]", sig: int, timeout: float) -> int:
+    """Send `sig` to `process` unless it has ended, wait `timeout` seconds, then kill it; its
+    exit status."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -65,14 +78,7 @@ class LiveServer:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         """Send `sig` and wait for the process to end; returns its exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, sig, timeout)
 
 
 def start_server(log_dir: Path, wait: bool = True, **settings: object) -> LiveServer:
