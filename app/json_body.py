@@ -161,13 +161,17 @@ def _inflate(body: bytes, content_encoding: str | None, limit: int) -> bytes | N
     return data
 
 
+# The ranks of `inputs` whose first dimension is a batch: [N, H, W] and [N, 1, H, W].
+BATCHED_RANKS = (3, 4)
+
+
 def batch_size_of(value: Any) -> int | None:
     """The batch size nested `inputs` claim (rank 3 or 4), read before anything is built."""
     rank, probe = 0, value
     while isinstance(probe, list) and probe:
         rank += 1
         probe = probe[0]
-    return len(value) if rank in (3, 4) else None
+    return len(value) if rank in BATCHED_RANKS else None
 
 
 def check_batch_size(count: int, max_batch_size: int, field: str) -> None:
@@ -245,7 +249,7 @@ def accepted_body(body: bytes, max_batch_size: int) -> dict[str, Any] | None:
     if not isinstance(images, simdjson.Array):
         return None
     shape = _rectangular_shape(images)
-    if shape is None or (len(shape) in (3, 4) and shape[0] > max_batch_size):
+    if shape is None or (len(shape) in BATCHED_RANKS and shape[0] > max_batch_size):
         return None
     decoded = {key: _as_python(document[key]) for key in keys if key != IMAGES_FIELD}
     arrays = sum(math.prod(shape[:depth]) for depth in range(len(shape)))
